@@ -1,0 +1,28 @@
+"""Network namespaces as Docker makes them: a file bind-mounted onto a fresh namespace (`unshare --net=FILE`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+
+def create_netns(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    subprocess.run(["unshare", f"--net={path}", "true"], check=True, capture_output=True, text=True)
+    return path
+
+
+def delete_netns(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=False, capture_output=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def run_in(path: Path | None, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command inside the namespace at ``path`` (None: here)."""
+    prefix = ["nsenter", f"--net={path}"] if path is not None else []
+    return subprocess.run([*prefix, *argv], check=check, capture_output=True, text=True,
+                          env={**os.environ, "LC_ALL": "C"})

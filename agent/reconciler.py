@@ -1,0 +1,108 @@
+"""Apply plans to gobgpd and remember the state actually reached.
+
+``actual`` is what gobgpd holds under our ownership community. It is re-read from gobgpd when
+unknown: at start (adopting what a previous run left, so live paths are never withdrawn and re-added),
+after gobgpd restarts, on the periodic full reconcile, and after any failed apply (a broken
+AddPathStream may have applied part of a batch, so only a fresh read tells the truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .config import AgentConfig
+from .endpoints import Endpoint
+from .gobgp import GobgpClient
+from .model import IPNetwork, Route
+from .routes import Desired, Plan, desired_routes, plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileStats:
+    passes: int = 0
+    full_reads: int = 0
+    added: int = 0
+    withdrawn: int = 0
+    failures: int = 0
+    last_pass_at: float | None = None  # wall clock
+    last_duration: float = 0.0
+    refused_outside: set[IPNetwork] = field(default_factory=set)
+    refused_cap: set[IPNetwork] = field(default_factory=set)
+
+
+class Reconciler:
+    def __init__(self, client: GobgpClient, config: AgentConfig) -> None:
+        self.client = client
+        self.config = config
+        self.actual: dict[IPNetwork, Route] | None = None  # None: unknown, read it before the next plan
+        self.desired: Desired | None = None
+        self.stats = ReconcileStats()
+
+    def invalidate(self) -> None:
+        """Forget what gobgpd holds; the next pass re-reads it."""
+        self.actual = None
+
+    async def read_actual(self) -> dict[IPNetwork, Route]:
+        routes = [*await self.client.list_owned_paths(4), *await self.client.list_owned_paths(6)]
+        self.stats.full_reads += 1
+        return {route.prefix: route for route in routes}
+
+    def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
+        desired = desired_routes(endpoints, self.config)
+        return desired, plan(desired.routes, actual, self.config.max_prefixes)
+
+    async def reconcile(self, endpoints: Iterable[Endpoint]) -> Plan:
+        """One level-triggered pass: desired from ``endpoints``, diff against gobgpd, apply the difference."""
+        started = time.perf_counter()
+        try:
+            if self.actual is None:
+                self.actual = await self.read_actual()
+            desired, p = self.compute(endpoints, self.actual)
+            self.desired = desired
+            self._report_refusals(desired, p)
+            await self._apply(p, self.actual, desired)
+        except BaseException:
+            self.stats.failures += 1
+            self.actual = None
+            raise
+        self.stats.passes += 1
+        self.stats.added += len(p.add)
+        self.stats.withdrawn += len(p.withdraw)
+        self.stats.last_pass_at = time.time()
+        self.stats.last_duration = time.perf_counter() - started
+        return p
+
+    async def _apply(self, p: Plan, actual: dict[IPNetwork, Route], desired: Desired) -> None:
+        """Withdraw first, then add; ``actual`` follows each step that gobgpd confirmed."""
+        if p.withdraw:
+            await self.client.delete_paths(p.withdraw)
+            for route in p.withdraw:
+                actual.pop(route.prefix, None)
+                log.info("withdrew %s", route.prefix)
+        if p.add:
+            await self.client.add_paths(p.add)
+            for route in p.add:
+                actual[route.prefix] = route
+                log.info("advertised %s (%s)", route.prefix, ", ".join(desired.sources.get(route.prefix, ())))
+
+    def _report_refusals(self, desired: Desired, p: Plan) -> None:
+        for prefix, sources in desired.outside.items():
+            if prefix not in self.stats.refused_outside:
+                log.warning("refused %s from %s: outside every configured network", prefix, ", ".join(sources))
+        self.stats.refused_outside = set(desired.outside)
+        over = {r.prefix for r in p.over_cap}
+        for prefix in sorted(over - self.stats.refused_cap, key=lambda n: (n.version, n)):
+            log.error("refused %s: max_prefixes (%d) reached", prefix, self.config.max_prefixes)
+        self.stats.refused_cap = over
+
+    async def withdraw_all(self) -> int:
+        """Remove every path we own from gobgpd (on_shutdown = "withdraw")."""
+        owned = list((await self.read_actual()).values())
+        await self.client.delete_paths(owned)
+        self.actual = {}
+        return len(owned)

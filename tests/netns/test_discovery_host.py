@@ -1,0 +1,87 @@
+"""Discovery on this machine's kernel (netns, veth, macvlan; no ipvlan here - those tests run in the VM)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from agent.discovery import Discovery
+from agent.lab.netns import create_netns, delete_netns, run_in
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def netns_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "netns"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+async def discovery(netns_dir: Path) -> AsyncIterator[Discovery]:
+    d = Discovery(["lo"], [netns_dir], rescan_interval=3600)
+    task = asyncio.create_task(d.run())
+    await asyncio.wait_for(d.synced.wait(), 10)
+    try:
+        yield d
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for entry in netns_dir.iterdir():
+            delete_netns(entry)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+async def test_namespace_appears_and_disappears(discovery: Discovery, netns_dir: Path) -> None:
+    assert discovery.stats().namespaces == 1  # only our own
+    path = create_netns(netns_dir / unique("c"))
+    await eventually(lambda: discovery.stats().namespaces == 2, what="namespace found by inotify")
+    delete_netns(path)
+    await eventually(lambda: discovery.stats().namespaces == 1, what="namespace forgotten")
+
+
+async def test_two_mounts_of_one_namespace_count_once(discovery: Discovery, netns_dir: Path) -> None:
+    first = create_netns(netns_dir / unique("c"))
+    second = netns_dir / unique("alias")
+    second.touch()
+    run_in(None, "mount", "--bind", str(first), str(second))
+    await eventually(lambda: discovery.stats().namespaces == 2, what="namespace found")
+    assert discovery.stats().namespaces == 2
+
+
+async def test_veth_and_macvlan_are_not_endpoints(discovery: Discovery, netns_dir: Path) -> None:
+    path = create_netns(netns_dir / unique("c"))
+    a, b = unique("va"), unique("vb")
+    run_in(None, "ip", "link", "add", a, "type", "veth", "peer", "name", b)
+    try:
+        run_in(None, "ip", "link", "add", "mv0", "link", a, "netns", str(path), "type", "macvlan")
+        run_in(None, "ip", "link", "set", b, "netns", str(path))
+        run_in(path, "ip", "addr", "add", "10.1.100.2/24", "dev", "mv0")
+        run_in(path, "ip", "link", "set", "mv0", "up")
+        await eventually(lambda: discovery.stats().namespaces == 2, what="namespace found")
+        assert discovery.snapshot() == ()
+    finally:
+        run_in(None, "ip", "link", "del", a, check=False)
+
+
+async def test_changes_wake_the_consumer(discovery: Discovery, netns_dir: Path) -> None:
+    path = create_netns(netns_dir / unique("c"))
+    await eventually(lambda: discovery.stats().namespaces == 2, what="namespace found")
+    discovery.changed.clear()
+    run_in(path, "ip", "link", "set", "lo", "up")
+    await asyncio.wait_for(discovery.changed.wait(), 5)
