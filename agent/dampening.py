@@ -1,8 +1,9 @@
 """Flap dampening (pure; the clock is passed in).
 
-An endpoint whose advertised state (ready + addresses) changes more than ``max_flaps`` times within
+An endpoint whose readiness (absent / not ready / ready) changes more than ``max_flaps`` times within
 ``window`` seconds is held down - treated as absent - until it has been stable for ``hold_down``
-seconds. A normal container start is one or two changes, so it is never delayed.
+seconds. A normal container start is one or two changes, so it is never delayed; address changes on a
+ready endpoint are not flaps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .config import DampeningConfig
 from .endpoints import Endpoint
 
 Key = tuple[str, int]
-Signature = tuple[bool, tuple[object, ...]] | None  # None: the endpoint is absent
+Signature = bool | None  # ready or not; None: the endpoint is absent
 
 
 @dataclass
@@ -42,7 +43,7 @@ class FlapDamper:
         cfg = self.config
         for key in set(self._history) | set(current):
             endpoint = current.get(key)
-            signature: Signature = (endpoint.ready, tuple(endpoint.addresses)) if endpoint else None
+            signature: Signature = endpoint.ready if endpoint else None
             history = self._history.setdefault(key, _History(None))
             if history.signature != signature:
                 history.signature = signature

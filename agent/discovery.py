@@ -52,7 +52,7 @@ def _setns(fd: int, what: str) -> None:
         raise NamespaceGone(f"setns {what}: {os.strerror(err)}")
 
 
-def _open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
+def open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
     """A NETLINK_ROUTE socket living in the namespace at ``path`` (None: the caller's namespace).
 
     Runs on a dedicated thread: setns(2) switches only the calling thread, which then switches back.
@@ -139,31 +139,40 @@ class NamespaceWatcher:
         self.synced.set()
 
     async def _session(self) -> None:
+        # Two sockets: pyroute2 files incoming messages by sequence number, and a kernel notification
+        # carries the sequence number of the request that caused it. On a socket that also sends requests,
+        # a change made by another program whose number matches one of ours would be filed as our reply and
+        # lost. The event socket never sends, so every message on it is an event.
         loop = asyncio.get_running_loop()
-        sock = await loop.run_in_executor(self._opener, _open_netlink_in, self.path, self._rcvbuf)
-        ipr = AsyncIPRoute(fileno=sock.detach(), groups=GROUPS, rcvbuf=self._rcvbuf)
+        events_sock = await loop.run_in_executor(self._opener, open_netlink_in, self.path, self._rcvbuf)
+        events = AsyncIPRoute(fileno=events_sock.detach(), groups=GROUPS, rcvbuf=self._rcvbuf)
+        requests: AsyncIPRoute | None = None
         try:
-            await ipr.bind(groups=GROUPS)
+            await events.bind(groups=GROUPS)  # subscribe before the dump, so no change falls in between
+            requests_sock = await loop.run_in_executor(self._opener, open_netlink_in, self.path, 1 << 20)
+            requests = AsyncIPRoute(fileno=requests_sock.detach())
             view = NamespaceView()
-            async for msg in await ipr.link("dump"):
+            async for msg in await requests.link("dump"):
                 view.apply("RTM_NEWLINK", msg)
-            async for msg in await ipr.addr("dump"):
+            async for msg in await requests.addr("dump"):
                 view.apply("RTM_NEWADDR", msg)
-            view.own_nsid = await self._own_nsid(ipr)
+            view.own_nsid = await self._own_nsid(requests)
             self.view = view
             self._changed.set()
             self.synced.set()
             while True:
-                async for msg in ipr.get():
+                async for msg in events.get():
                     event = msg.get("event")
                     view.apply(event, msg)
                     if event == "RTM_NEWLINK" and msg.get_attr("IFLA_LINK_NETNSID") is not None \
                             and _unsigned_nsid(msg.get_attr("IFLA_LINK_NETNSID")) != view.own_nsid:
                         # A slave just moved in may be the first thing that gave our namespace an id here.
-                        view.own_nsid = await self._own_nsid(ipr)
+                        view.own_nsid = await self._own_nsid(requests)
                     self._changed.set()
         finally:
-            ipr.close()
+            events.close()
+            if requests is not None:
+                requests.close()
 
     async def _own_nsid(self, ipr: Any) -> int | None:
         if self.path is None:
@@ -187,7 +196,9 @@ class DiscoveryStats:
 
 class Discovery:
     def __init__(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float = 10.0,
-                 *, container_rcvbuf: int = CONTAINER_RCVBUF, own_rcvbuf: int = OWN_RCVBUF) -> None:
+                 *, host_netns: str | None = None, container_rcvbuf: int = CONTAINER_RCVBUF,
+                 own_rcvbuf: int = OWN_RCVBUF) -> None:
+        """``host_netns``: the namespace whose uplinks this agent serves (default: the one it runs in)."""
         self.uplinks = tuple(uplinks)
         self.netns_dirs = tuple(Path(d) for d in netns_dirs)
         self.rescan_interval = rescan_interval
@@ -196,9 +207,10 @@ class Discovery:
         self._container_rcvbuf = container_rcvbuf
         self._own_rcvbuf = own_rcvbuf
         self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns-open")
-        self._own_ns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._own_identity = namespace_identity("/proc/self/ns/net")
-        self._own = NamespaceWatcher(None, self.changed, self._opener, own_rcvbuf, self._own_ns_fd)
+        own_path = host_netns or "/proc/self/ns/net"
+        self._own_ns_fd = os.open(own_path, os.O_RDONLY | os.O_CLOEXEC)
+        self._own_identity = namespace_identity(own_path)
+        self._own = NamespaceWatcher(host_netns, self.changed, self._opener, own_rcvbuf, self._own_ns_fd)
         self._watchers: dict[tuple[int, int], tuple[NamespaceWatcher, asyncio.Task[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._dirs_changed = asyncio.Event()
@@ -215,6 +227,10 @@ class Discovery:
             if watcher.view is not None and watcher.path is not None:
                 found.extend(endpoints_in(watcher.path, watcher.view, uplinks, own=False))
         return tuple(sorted(found, key=lambda e: e.key))
+
+    def views(self) -> dict[str, NamespaceView]:
+        """The current view of every watched container namespace, by path (for diagnostics and tests)."""
+        return {w.path: w.view for w, _ in self._watchers.values() if w.path is not None and w.view is not None}
 
     def stats(self) -> DiscoveryStats:
         watchers = [w for w, _ in self._watchers.values()]

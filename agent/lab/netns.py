@@ -16,7 +16,11 @@ def create_netns(path: Path) -> Path:
 
 
 def delete_netns(path: Path) -> None:
-    subprocess.run(["umount", str(path)], check=False, capture_output=True)
+    """Unmount (every stacked mount, lazily if busy) and remove a namespace file."""
+    for _ in range(8):
+        if subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode != 0:
+            if subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True).returncode != 0:
+                break
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 

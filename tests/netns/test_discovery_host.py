@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.discovery import Discovery
+from agent.lab.containers import ifindex, netlink_in
 from agent.lab.netns import create_netns, delete_netns, run_in
 
 
@@ -85,3 +86,28 @@ async def test_changes_wake_the_consumer(discovery: Discovery, netns_dir: Path) 
     discovery.changed.clear()
     run_in(path, "ip", "link", "set", "lo", "up")
     await asyncio.wait_for(discovery.changed.wait(), 5)
+
+
+async def test_changes_made_through_netlink_by_another_program_are_not_lost(discovery: Discovery,
+                                                                            netns_dir: Path) -> None:
+    """A kernel notification carries the sequence number of the request that caused it; another program's
+    small sequence numbers must not be mistaken for replies to the agent's own requests."""
+    path = create_netns(netns_dir / unique("c"))
+    run_in(path, "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    await eventually(lambda: str(path) in discovery.views(), what="namespace found")
+    other_program = await netlink_in(path)
+    try:
+        index = await ifindex(other_program, "v0")
+        for i in range(60):
+            await other_program.addr("add", index=index, address=f"10.1.100.{i + 1}", prefixlen=24)
+        for i in range(0, 60, 3):
+            await other_program.addr("del", index=index, address=f"10.1.100.{i + 2}", prefixlen=24)
+    finally:
+        other_program.close()
+    expected = {f"10.1.100.{i + 1}/24" for i in range(60)} - {f"10.1.100.{i + 2}/24" for i in range(0, 60, 3)}
+
+    def view_addresses() -> set[str]:
+        view = discovery.views().get(str(path))
+        return {str(a) for a in view.addresses.get(index, set())} if view else set()
+
+    await eventually(lambda: view_addresses() == expected, what="every change seen")

@@ -1,0 +1,67 @@
+"""Make ipvlan "containers" the way Docker's ipvlan driver does, in-process through netlink.
+
+Spawning `ip` costs ~0.75 s per endpoint in the emulated VM; one netlink socket per namespace does the
+same work in milliseconds, which is what lets the tests and benchmarks use thousands of endpoints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute
+
+from ..discovery import open_netlink_in
+from ..endpoints import IpvlanMode
+from .netns import create_netns, delete_netns
+
+
+async def netlink_in(path: Path | None) -> AsyncIPRoute:
+    """An AsyncIPRoute bound to the namespace at ``path`` (None: the caller's)."""
+    sock = open_netlink_in(str(path) if path is not None else None, 1 << 20)
+    return AsyncIPRoute(fileno=sock.detach())
+
+
+async def ifindex(ipr: AsyncIPRoute, ifname: str) -> int:
+    found = await ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise LookupError(f"no interface {ifname}")
+    return int(found[0])
+
+
+async def add_ipvlan(host: AsyncIPRoute, parent: str, netns: Path, *, ifname: str = "eth0",
+                     mode: IpvlanMode = IpvlanMode.L3, addresses: Iterable[str] = (), up: bool = True) -> None:
+    """Create an ipvlan slave of ``parent`` (in ``host``'s namespace) inside ``netns``, like a container's eth0."""
+    parent_index = await ifindex(host, parent)
+    temp = f"ipv{os.getpid() % 10000}{id(netns) % 100000}"[:15]
+    fd = os.open(netns, os.O_RDONLY)
+    try:
+        await host.link("add", ifname=temp, kind="ipvlan", link=parent_index, ipvlan_mode=int(mode))
+        await host.link("set", index=await ifindex(host, temp), net_ns_fd=fd)
+    finally:
+        os.close(fd)
+    inside = await netlink_in(netns)
+    try:
+        index = await ifindex(inside, temp)
+        await inside.link("set", index=index, ifname=ifname)
+        for address in addresses:
+            iface = ipaddress.ip_interface(address)
+            await inside.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                              **({"flags": 0x80} if iface.version == 6 else {}))  # IFA_F_NODAD
+        if up:
+            await inside.link("set", index=index, state="up")
+    finally:
+        inside.close()
+
+
+async def add_container(host: AsyncIPRoute, parent: str, netns: Path, addresses: Iterable[str], *,
+                        mode: IpvlanMode = IpvlanMode.L3, up: bool = True) -> Path:
+    create_netns(netns)
+    await add_ipvlan(host, parent, netns, mode=mode, addresses=addresses, up=up)
+    return netns
+
+
+def remove_container(netns: Path) -> None:
+    delete_netns(netns)
