@@ -8,7 +8,9 @@ APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping py
 	qemu-system-x86 kmod busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv stubs test test-fast lint demo bench clean
+PREFIX ?= /opt/ipvlan-bgp-agent
+
+.PHONY: setup deps venv stubs test test-fast lint demo bench install clean
 
 setup: deps venv stubs
 
@@ -47,6 +49,21 @@ demo: setup
 
 bench: setup
 	$(PY) bench/gobgp_baseline.py
+
+# Install beside gobgpd on a host: a virtualenv in $(PREFIX), /usr/local/bin/ipvlan-bgp, the systemd units
+# and an example config (kept if one exists). Then: edit /etc/ipvlan-bgp/agent.toml and /etc/gobgpd/gobgpd.toml,
+# `systemctl enable --now gobgpd ipvlan-bgp-agent`.
+install: stubs
+	$(BASE_PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --upgrade pip
+	$(PREFIX)/bin/pip install -q .
+	ln -sf $(PREFIX)/bin/ipvlan-bgp /usr/local/bin/ipvlan-bgp
+	install -D -m 0644 config/ipvlan-bgp-agent.service /etc/systemd/system/ipvlan-bgp-agent.service
+	test -e /etc/systemd/system/gobgpd.service || install -D -m 0644 config/gobgpd.service /etc/systemd/system/gobgpd.service
+	test -e /etc/ipvlan-bgp/agent.toml || install -D -m 0600 config/agent.toml /etc/ipvlan-bgp/agent.toml
+	test -e /etc/gobgpd/gobgpd.toml || install -D -m 0644 config/gobgpd.toml /etc/gobgpd/gobgpd.toml
+	-systemctl daemon-reload 2>/dev/null
+	@echo "installed; edit /etc/ipvlan-bgp/agent.toml, then: systemctl enable --now gobgpd ipvlan-bgp-agent"
 
 clean:
 	rm -rf $(VENV) agent/gobgpapi build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -170,6 +170,27 @@ class DampeningConfig(_Strict):
     hold_down: float = Field(default=30.0, gt=0, description="seconds of stability needed to advertise again")
 
 
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsConfig(_Strict):
+    listen: str = Field(default="127.0.0.1:9474", description='HOST:PORT for Prometheus; "" turns it off')
+
+    @model_validator(mode="after")
+    def _host_port(self) -> Self:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"listen {self.listen!r} must be HOST:PORT (or \"\" to turn metrics off)")
+        return self
+
+
+class StatusConfig(_Strict):
+    socket: Path = Path("/run/ipvlan-bgp/agent.sock")
+
+
 class AgentConfig(_Strict):
     uplinks: tuple[InterfaceName, ...] = Field(min_length=1)
     ownership_community: LargeCommunityValue
@@ -181,6 +202,9 @@ class AgentConfig(_Strict):
     next_hop: NextHopConfig = NextHopConfig()
     timers: TimersConfig = TimersConfig()
     dampening: DampeningConfig = DampeningConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    status: StatusConfig = StatusConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -15,12 +15,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from .config import AgentConfig, OnShutdown
+from .config import AgentConfig, ConfigError, OnShutdown, load_config
 from .dampening import FlapDamper
 from .discovery import Discovery
+from .endpoints import Endpoint
 from .gobgp import GobgpClient, GobgpError, GobgpEventKind
+from .logs import setup_logging
+from .metrics import Metrics
 from .reconciler import Reconciler
+from .status import StatusServer
+from .systemd import notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +47,17 @@ class Daemon:
         )
         self.reconciler = Reconciler(self.client, config)
         self.damper = FlapDamper(config.dampening)
+        self.metrics = Metrics()
+        self.status_server = StatusServer(self, config.status.socket)
+        self.last_endpoints: tuple[Endpoint, ...] = ()
+        self.held_down: tuple[Endpoint, ...] = ()
         self.gobgp_reachable = False
         self.gobgp_restarts = 0
         self.healthy = False
         self._on_ready = on_ready
         self._stop = asyncio.Event()
         self._timers: list[asyncio.TimerHandle] = []
+        self._watchdog_due = False
 
     @property
     def wake(self) -> asyncio.Event:
@@ -59,21 +70,54 @@ class Daemon:
     def _wake_in(self, delay: float) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(delay, self.wake.set))
 
+    def reload(self, config: AgentConfig) -> None:
+        """Take a new, already validated config; the next pass re-sends only prefixes whose routes changed."""
+        if config.gobgp != self.config.gobgp or config.status != self.config.status \
+                or config.metrics != self.config.metrics:
+            log.warning("reload: [gobgp], [status] and [metrics] changes take effect at the next restart")
+            config = config.model_copy(update={"gobgp": self.config.gobgp, "status": self.config.status,
+                                               "metrics": self.config.metrics})
+        self.config = config
+        self.reconciler.config = config
+        self.damper.config = config.dampening
+        self.discovery.reconfigure(config.uplinks, config.netns_dirs)
+        setup_logging(config.log.level, config.log.format)
+        log.info("configuration reloaded")
+        self.wake.set()
+
     async def run(self) -> None:
+        if self.config.metrics.listen:
+            try:
+                self.metrics.serve(self.config.metrics.listen)
+            except OSError as exc:  # routes matter more than metrics: keep going, loudly
+                log.error("metrics: cannot listen on %s: %s", self.config.metrics.listen, exc)
+        await self.status_server.start()
         tasks = [
             asyncio.create_task(self.discovery.run(), name="discovery"),
             asyncio.create_task(self._watch_gobgp(), name="gobgp-watch"),
             asyncio.create_task(self._full_reconcile_timer(), name="full-reconcile"),
         ]
+        interval = watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(self._watchdog_timer(interval), name="watchdog"))
         try:
             await self._main_loop()
         finally:
+            notify("STOPPING=1")
             for timer in self._timers:
                 timer.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.status_server.close()
             await self._shutdown()
+
+    async def _watchdog_timer(self, interval: float) -> None:
+        """Wake the loop regularly; the loop itself pings systemd, so a wedged loop stops the pings."""
+        while True:
+            await asyncio.sleep(interval)
+            self._watchdog_due = True
+            self.wake.set()
 
     async def _main_loop(self) -> None:
         synced = asyncio.create_task(self.discovery.synced.wait())
@@ -90,40 +134,79 @@ class Daemon:
             if self.config.timers.settle:
                 await asyncio.sleep(self.config.timers.settle)
             self.wake.clear()
-            damped = self.damper.filter(self.discovery.snapshot(), time.monotonic())
-            if damped.next_release is not None:
-                self._wake_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001)
-            for endpoint in damped.held:
-                log.warning("holding down flapping endpoint %s", endpoint.label)
-            try:
-                await self.reconciler.reconcile(damped.endpoints)
-            except GobgpError as exc:
-                self.healthy = False
-                log.warning("reconcile failed, retrying in %.1f s: %s", retry, exc)
+            first_event_at = self.discovery.first_change_at
+            self.discovery.first_change_at = None
+            ok = await self._pass()
+            if self._watchdog_due:
+                self._watchdog_due = False
+                notify("WATCHDOG=1")
+            if not ok:
                 self._wake_in(retry)
                 retry = min(retry * 2, RETRY_MAX)
                 continue
+            if first_event_at is not None:
+                self.metrics.latency.observe(time.monotonic() - first_event_at)
             retry = RETRY_FIRST
             if not self.healthy:
                 self.healthy = True
                 log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
+                notify(f"READY=1\nSTATUS=in sync: {len(self.reconciler.actual or {})} path(s)")
                 if self._on_ready is not None:
                     self._on_ready()
                     self._on_ready = None
+
+    async def _pass(self) -> bool:
+        endpoints = self.discovery.snapshot()
+        damped = self.damper.filter(endpoints, time.monotonic())
+        if damped.next_release is not None:
+            self._wake_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001)
+        for endpoint in set(damped.held) - set(self.held_down):
+            log.warning("holding down flapping endpoint %s", endpoint.label)
+        self.last_endpoints, self.held_down = endpoints, damped.held
+        m = self.metrics
+        m.observe_endpoints(endpoints)
+        m.held.set(len(damped.held))
+        stats = self.discovery.stats()
+        m.namespaces.set(stats.namespaces)
+        m.resyncs.set(stats.resyncs)
+        refused_before = (set(self.reconciler.stats.refused_outside), set(self.reconciler.stats.refused_cap))
+        started = time.perf_counter()
+        try:
+            plan = await self.reconciler.reconcile(damped.endpoints)
+        except GobgpError as exc:
+            self.healthy = False
+            m.passes.labels(result="error").inc()
+            m.errors.labels(kind=type(exc).__name__).inc()
+            log.warning("reconcile failed: %s", exc)
+            return False
+        m.pass_seconds.observe(time.perf_counter() - started)
+        m.passes.labels(result="ok").inc()
+        m.paths_sent.labels(op="add").inc(len(plan.add))
+        m.paths_sent.labels(op="withdraw").inc(len(plan.withdraw))
+        m.observe_prefixes(self.reconciler.actual or {})
+        stats_now = self.reconciler.stats
+        m.refused.labels(reason="outside_networks").set(len(stats_now.refused_outside))
+        m.refused.labels(reason="max_prefixes").set(len(stats_now.refused_cap))
+        m.refusals.labels(reason="outside_networks").inc(len(stats_now.refused_outside - refused_before[0]))
+        m.refusals.labels(reason="max_prefixes").inc(len(stats_now.refused_cap - refused_before[1]))
+        return True
 
     async def _watch_gobgp(self) -> None:
         seen_ready = False
         async for event in self.client.watch():
             if event.kind is GobgpEventKind.READY:
                 self.gobgp_reachable = True
+                self.metrics.gobgp_up.set(1)
                 if seen_ready:
                     self.gobgp_restarts += 1
+                    self.metrics.gobgp_restarts.inc()
                     log.warning("gobgpd is back; re-pushing every path")
                 seen_ready = True
                 self.reconciler.invalidate()
                 self.wake.set()
             elif event.kind is GobgpEventKind.LOST:
                 self.gobgp_reachable = False
+                self.metrics.gobgp_up.set(0)
                 self.healthy = False
                 log.warning("lost gobgpd: %s", event.detail)
             else:
@@ -158,12 +241,26 @@ def _raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one netlink socket per namespace
 
 
-async def run_daemon(config: AgentConfig, on_ready: Callable[[], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT; a second signal exits at once."""
+async def run_daemon(config: AgentConfig, config_path: Path | None = None,
+                     on_ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT (a second one exits at once); SIGHUP reloads ``config_path``."""
     _raise_nofile_limit()
     daemon = Daemon(config, on_ready=on_ready)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_hup() -> None:
+        if config_path is None:
+            return
+        notify("RELOADING=1")
+        try:
+            daemon.reload(load_config(config_path))
+        except ConfigError as exc:
+            log.error("reload refused, still running on the previous configuration: %s", exc)
+        finally:
+            notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     def on_signal(signum: int) -> None:
         if daemon._stop.is_set():
@@ -177,6 +274,6 @@ async def run_daemon(config: AgentConfig, on_ready: Callable[[], None] | None = 
     try:
         await daemon.run()
     finally:
-        for sig in signals:
+        for sig in (*signals, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

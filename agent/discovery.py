@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,14 +95,14 @@ def _unsigned_nsid(value: int | None) -> int | None:
 class NamespaceWatcher:
     """Keeps the NamespaceView of one namespace true: dump, then events; re-dump after any error."""
 
-    def __init__(self, path: str | None, changed: asyncio.Event, opener: ThreadPoolExecutor, rcvbuf: int,
+    def __init__(self, path: str | None, on_change: Callable[[], None], opener: ThreadPoolExecutor, rcvbuf: int,
                  own_ns_fd: int) -> None:
         self.path = path
         self.view: NamespaceView | None = None  # None until the first dump completes
         self.resyncs = 0
         self.synced = asyncio.Event()
         self.gone = False
-        self._changed = changed
+        self._on_change = on_change
         self._opener = opener
         self._rcvbuf = rcvbuf
         self._own_ns_fd = own_ns_fd
@@ -135,7 +135,7 @@ class NamespaceWatcher:
         self.gone = gone
         if self.view is not None:
             self.view = None
-            self._changed.set()
+            self._on_change()
         self.synced.set()
 
     async def _session(self) -> None:
@@ -158,7 +158,7 @@ class NamespaceWatcher:
                 view.apply("RTM_NEWADDR", msg)
             view.own_nsid = await self._own_nsid(requests)
             self.view = view
-            self._changed.set()
+            self._on_change()
             self.synced.set()
             while True:
                 async for msg in events.get():
@@ -168,7 +168,7 @@ class NamespaceWatcher:
                             and _unsigned_nsid(msg.get_attr("IFLA_LINK_NETNSID")) != view.own_nsid:
                         # A slave just moved in may be the first thing that gave our namespace an id here.
                         view.own_nsid = await self._own_nsid(requests)
-                    self._changed.set()
+                    self._on_change()
         finally:
             events.close()
             if requests is not None:
@@ -203,6 +203,7 @@ class Discovery:
         self.netns_dirs = tuple(Path(d) for d in netns_dirs)
         self.rescan_interval = rescan_interval
         self.changed = asyncio.Event()
+        self.first_change_at: float | None = None  # monotonic time of the first change since a consumer reset it
         self.synced = asyncio.Event()  # own namespace and every namespace present at start dumped once
         self._container_rcvbuf = container_rcvbuf
         self._own_rcvbuf = own_rcvbuf
@@ -210,12 +211,13 @@ class Discovery:
         own_path = host_netns or "/proc/self/ns/net"
         self._own_ns_fd = os.open(own_path, os.O_RDONLY | os.O_CLOEXEC)
         self._own_identity = namespace_identity(own_path)
-        self._own = NamespaceWatcher(host_netns, self.changed, self._opener, own_rcvbuf, self._own_ns_fd)
+        self._own = NamespaceWatcher(host_netns, self._note_change, self._opener, own_rcvbuf, self._own_ns_fd)
         self._watchers: dict[tuple[int, int], tuple[NamespaceWatcher, asyncio.Task[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._dirs_changed = asyncio.Event()
         self._resyncs_of_gone = 0
         self._unmounted: dict[str, float] = {}  # namespace files not bind-mounted yet -> first seen
+        self._inotify: _DirectoryEvents | None = None
 
     def snapshot(self) -> tuple[Endpoint, ...]:
         own_view = self._own.view
@@ -227,6 +229,19 @@ class Discovery:
             if watcher.view is not None and watcher.path is not None:
                 found.extend(endpoints_in(watcher.path, watcher.view, uplinks, own=False))
         return tuple(sorted(found, key=lambda e: e.key))
+
+    def _note_change(self) -> None:
+        if self.first_change_at is None:
+            self.first_change_at = time.monotonic()
+        self.changed.set()
+
+    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path]) -> None:
+        """New uplinks apply at the next snapshot; new directories at the next scan, which this triggers."""
+        self.uplinks = tuple(uplinks)
+        self.netns_dirs = tuple(Path(d) for d in netns_dirs)
+        if self._inotify is not None:
+            self._inotify.set_directories(self.netns_dirs)
+        self._dirs_changed.set()
 
     def views(self) -> dict[str, NamespaceView]:
         """The current view of every watched container namespace, by path (for diagnostics and tests)."""
@@ -246,7 +261,7 @@ class Discovery:
         await asyncio.gather(self._own.synced.wait(), *(w.synced.wait() for w, _ in self._watchers.values()))
         self.synced.set()
         self.changed.set()
-        inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
+        inotify = self._inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -294,7 +309,7 @@ class Discovery:
                 self._forget(identity)
         for identity, path in present.items():
             if identity not in self._watchers:
-                watcher = NamespaceWatcher(path, self.changed, self._opener, self._container_rcvbuf,
+                watcher = NamespaceWatcher(path, self._note_change, self._opener, self._container_rcvbuf,
                                            self._own_ns_fd)
                 task = asyncio.create_task(watcher.run(), name=f"netns {path}")
                 self._watchers[identity] = (watcher, task)
@@ -310,7 +325,7 @@ class Discovery:
         task.cancel()  # closes its socket, which also stops it from pinning a deleted namespace
         if watcher.view is not None:
             watcher.view = None
-            self.changed.set()
+            self._note_change()
 
 
 _NSFS_MAGIC = 0x6E736673
@@ -338,6 +353,10 @@ class _DirectoryEvents:
         self._wake = wake
         if self._fd >= 0:
             asyncio.get_running_loop().add_reader(self._fd, self._read)
+        self.refresh()
+
+    def set_directories(self, directories: Iterable[Path]) -> None:
+        self._dirs = tuple(directories)
         self.refresh()
 
     def refresh(self) -> None:

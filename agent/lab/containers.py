@@ -32,28 +32,29 @@ async def ifindex(ipr: AsyncIPRoute, ifname: str) -> int:
 
 
 async def add_ipvlan(host: AsyncIPRoute, parent: str, netns: Path, *, ifname: str = "eth0",
-                     mode: IpvlanMode = IpvlanMode.L3, addresses: Iterable[str] = (), up: bool = True) -> None:
-    """Create an ipvlan slave of ``parent`` (in ``host``'s namespace) inside ``netns``, like a container's eth0."""
+                     mode: IpvlanMode = IpvlanMode.L3, addresses: Iterable[str] = (), up: bool = True,
+                     inside: AsyncIPRoute | None = None) -> None:
+    """Create an ipvlan slave of ``parent`` (in ``host``'s namespace) directly inside ``netns``, like a
+    container's eth0. Pass ``inside`` (a socket in ``netns``) to reuse it for many slaves."""
     parent_index = await ifindex(host, parent)
-    temp = f"ipv{os.getpid() % 10000}{id(netns) % 100000}"[:15]
     fd = os.open(netns, os.O_RDONLY)
     try:
-        await host.link("add", ifname=temp, kind="ipvlan", link=parent_index, ipvlan_mode=int(mode))
-        await host.link("set", index=await ifindex(host, temp), net_ns_fd=fd)
+        await host.link("add", ifname=ifname, kind="ipvlan", link=parent_index, ipvlan_mode=int(mode), net_ns_fd=fd)
     finally:
         os.close(fd)
-    inside = await netlink_in(netns)
+    own_socket = inside is None
+    ipr = inside if inside is not None else await netlink_in(netns)
     try:
-        index = await ifindex(inside, temp)
-        await inside.link("set", index=index, ifname=ifname)
+        index = await ifindex(ipr, ifname)
         for address in addresses:
             iface = ipaddress.ip_interface(address)
-            await inside.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                              **({"flags": 0x80} if iface.version == 6 else {}))  # IFA_F_NODAD
+            await ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                           **({"flags": 0x80} if iface.version == 6 else {}))  # IFA_F_NODAD
         if up:
-            await inside.link("set", index=index, state="up")
+            await ipr.link("set", index=index, state="up")
     finally:
-        inside.close()
+        if own_socket:
+            ipr.close()
 
 
 async def add_container(host: AsyncIPRoute, parent: str, netns: Path, addresses: Iterable[str], *,

@@ -18,9 +18,9 @@ def create_netns(path: Path) -> Path:
 def delete_netns(path: Path) -> None:
     """Unmount (every stacked mount, lazily if busy) and remove a namespace file."""
     for _ in range(8):
-        if subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode != 0:
-            if subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True).returncode != 0:
-                break
+        umounted = subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode == 0
+        if not umounted and subprocess.run(["umount", "-l", str(path)], capture_output=True).returncode != 0:
+            break
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
@@ -28,5 +28,7 @@ def delete_netns(path: Path) -> None:
 def run_in(path: Path | None, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command inside the namespace at ``path`` (None: here)."""
     prefix = ["nsenter", f"--net={path}"] if path is not None else []
-    return subprocess.run([*prefix, *argv], check=check, capture_output=True, text=True,
-                          env={**os.environ, "LC_ALL": "C"})
+    out = subprocess.run([*prefix, *argv], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} (in {path or 'this namespace'}) failed: {out.stderr.strip()}")
+    return out

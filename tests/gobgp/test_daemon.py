@@ -34,6 +34,8 @@ def agent_config(gobgpd: Gobgpd, tmp_path: Path, **extra: Any) -> AgentConfig:
             {"prefix": "2001:db8:100::/64", "aggregate_when": "always"},
         ],
         "timers": {"full_reconcile": 3600.0},
+        "status": {"socket": str(tmp_path / "agent.sock")},
+        "metrics": {"listen": ""},
     }
     data.update(extra)
     return parse_config(data)

@@ -1,0 +1,99 @@
+"""Watch a namespace's kernel FIB from one in-process netlink socket (no `ip` per poll).
+
+Records every IPv4 route added or removed, with a monotonic timestamp, and keeps the current set of
+routes by prefix, so a test can both wait for a route and prove a route was never withdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
+
+from ..discovery import open_netlink_in
+
+
+@dataclass(frozen=True)
+class RouteEvent:
+    at: float
+    added: bool
+    prefix: str
+    gateways: tuple[str, ...]
+
+
+@dataclass
+class FibWatch:
+    netns: Path
+    events: list[RouteEvent] = field(default_factory=list)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> FibWatch:
+        sock = open_netlink_in(str(self.netns), 4 << 20)
+        events = AsyncIPRoute(fileno=sock.detach(), groups=RTMGRP_IPV4_ROUTE)
+        await events.bind(groups=RTMGRP_IPV4_ROUTE)
+        dump_sock = open_netlink_in(str(self.netns), 1 << 20)
+        requests = AsyncIPRoute(fileno=dump_sock.detach())
+        try:
+            async for msg in await requests.route("dump", family=2):
+                self._apply(msg, record=False)
+        finally:
+            requests.close()
+        self._task = asyncio.create_task(self._run(events))
+        return self
+
+    async def _run(self, events: AsyncIPRoute) -> None:
+        try:
+            while True:
+                async for msg in events.get():
+                    self._apply(msg, record=True)
+        finally:
+            events.close()
+
+    def _apply(self, msg: object, record: bool) -> None:
+        get = msg.get_attr  # type: ignore[attr-defined]
+        if get("RTA_TABLE") not in (None, 254):  # main table only
+            return
+        dst = get("RTA_DST") or "0.0.0.0"
+        prefix = f"{dst}/{msg['dst_len']}"  # type: ignore[index]
+        gateway = get("RTA_GATEWAY")
+        if gateway:
+            gateways: tuple[str, ...] = (gateway,)
+        else:
+            gateways = tuple(h.get_attr("RTA_GATEWAY") for h in (get("RTA_MULTIPATH") or []))
+        added = msg.get("event") == "RTM_NEWROUTE"  # type: ignore[attr-defined]
+        if added:
+            self.routes[prefix] = gateways
+        else:
+            self.routes.pop(prefix, None)
+        if record:
+            self.events.append(RouteEvent(time.monotonic(), added, prefix, gateways))
+            self.changed.set()
+
+    async def wait_for(self, prefix: str, present: bool = True, timeout: float = 60.0) -> float:
+        """Wait until ``prefix`` is (or is not) in the FIB; return the monotonic time it happened."""
+        deadline = time.monotonic() + timeout
+        while (prefix in self.routes) != present:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{prefix} {'never appeared in' if present else 'never left'} {self.netns}'s FIB")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                continue
+        relevant = [e.at for e in self.events if e.prefix == prefix and e.added == present]
+        return relevant[-1] if relevant else time.monotonic()
+
+    def withdrawals(self, prefixes: set[str], since: float = 0.0) -> list[RouteEvent]:
+        return [e for e in self.events if not e.added and e.prefix in prefixes and e.at >= since]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

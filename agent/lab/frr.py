@@ -1,0 +1,70 @@
+"""An FRR router (zebra + bgpd) in a network namespace, with its own sockets, pid files and logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+FRR_BIN = Path("/usr/lib/frr")
+
+
+class FrrRouter:
+    def __init__(self, netns: str, config: Path, workdir: Path) -> None:
+        self.netns = netns
+        self.config = config
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def zserv(self) -> Path:
+        return self.workdir / "zserv.api"
+
+    def start(self) -> list[int]:
+        if not (FRR_BIN / "bgpd").exists():
+            raise RuntimeError("FRR is not installed: apt-get install frr")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.workdir, "frr", "frr")
+        conf = self.workdir / "frr.conf"
+        shutil.copy(self.config, conf)
+        shutil.chown(conf, "frr", "frr")
+        common = ["-u", "frr", "-g", "frr", "-z", str(self.zserv), "--vty_socket", str(self.workdir), "-f", str(conf)]
+        for daemon in ("zebra", "bgpd"):
+            extra = ["-A", "127.0.0.1"] if daemon == "bgpd" else []
+            argv = ["ip", "netns", "exec", self.netns, str(FRR_BIN / daemon), *common, *extra,
+                    "-i", str(self.workdir / f"{daemon}.pid")]
+            log = (self.workdir / f"{daemon}.log").open("ab")
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            if daemon == "zebra":
+                _wait_for(self.zserv, self.procs[-1])
+        return [p.pid for p in self.procs]
+
+    def vtysh(self, command: str) -> str:
+        out = subprocess.run(["vtysh", "--vty_socket", str(self.workdir), "-c", command],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"vtysh {command!r}: {out.stderr.strip() or out.stdout.strip()}")
+        return out.stdout
+
+    def bgp_table(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.vtysh("show ip bgp json") or "{}")
+        routes: dict[str, Any] = data.get("routes", {})
+        return routes
+
+    def bgp_summary(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.vtysh("show bgp summary json") or "{}")
+        return data
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.02)

@@ -1,0 +1,452 @@
+"""Agent benchmarks on real ipvlan (inside the VM where this kernel has none), each next to a baseline
+measured in the same run, since these machines are shared and noisy: ratios are what we quote.
+
+  latency  netlink change -> path in gobgpd's RIB (WatchEvent), vs bare AddPath round trip
+  tor      netlink change -> route in the FRR ToR's kernel FIB, vs a path injected through the GoBGP API
+  scale    N endpoints present at agent start -> all N paths in gobgpd, vs bare AddPathStream of N; agent RSS
+  churn    endpoint changes at a fixed rate -> lag, and exactness of gobgpd afterwards
+  idle     agent CPU with 1,000 stable endpoints
+
+Writes bench/results/agent-<time>.json and a PNG of the latency distributions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agent.config import AgentConfig, parse_config  # noqa: E402
+from agent.daemon import Daemon  # noqa: E402
+from agent.gobgp import GobgpClient, path_to_route  # noqa: E402
+from agent.gobgpapi import gobgp_pb2 as api  # noqa: E402
+from agent.lab.containers import add_ipvlan, ifindex, netlink_in  # noqa: E402
+from agent.lab.gobgpd import Gobgpd, global_config  # noqa: E402
+from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
+from agent.model import Attributes, LargeCommunity, Route  # noqa: E402
+
+OWNER = LargeCommunity(65001, 4242, 1)
+RESULTS = REPO / "bench" / "results"
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"n": len(samples), "p50_ms": statistics.median(samples) * 1e3, "p99_ms": pct(samples, 0.99) * 1e3,
+            "max_ms": max(samples) * 1e3}
+
+
+class RibWatch:
+    """gobgpd's best-path table changes, timestamped: (time, prefix, is_withdraw)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.seen: list[tuple[float, str, bool]] = []
+        self.attached = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        async with GobgpClient(self.target, OWNER) as c:
+            flt = api.WatchEventRequest.Table.Filter(type=api.WatchEventRequest.Table.Filter.BEST, init=True)
+            async for reply in c._stub.WatchEvent(api.WatchEventRequest(table=api.WatchEventRequest.Table(
+                    filters=[flt]))):
+                now = time.monotonic()
+                self.attached.set()
+                for path in reply.table.paths:
+                    route = path_to_route(path)
+                    if route is not None:
+                        self.seen.append((now, str(route.prefix), path.is_withdraw))
+
+    async def start(self, marker: Route, client: GobgpClient) -> RibWatch:
+        await client.add_paths([marker])  # something to list, so the initial table proves the stream is up
+        self.task = asyncio.create_task(self.run())
+        await asyncio.wait_for(self.attached.wait(), 60)
+        return self
+
+    async def wait(self, prefix: str, withdraw: bool, since: int, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, p, w in self.seen[since:]:
+                if p == prefix and w == withdraw:
+                    return t
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{prefix} {'withdraw' if withdraw else 'add'} never reached the RIB")
+            await asyncio.sleep(0.001)
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+def agent_config(target: str, uplink: str, netns_dir: Path, **extra: Any) -> AgentConfig:
+    data: dict[str, Any] = {
+        "uplinks": [uplink], "ownership_community": str(OWNER), "netns_dirs": [str(netns_dir)],
+        "gobgp": {"target": target}, "max_prefixes": 200_000,
+        "networks": [{"prefix": "10.0.0.0/8", "advertise": "host"}],
+        "status": {"socket": str(netns_dir.parent / "agent.sock")}, "metrics": {"listen": ""},
+        "timers": {"full_reconcile": 3600.0},
+    }
+    data.update(extra)
+    return parse_config(data)
+
+
+@asynccontextmanager
+async def testbed(name: str) -> AsyncIterator[tuple[Gobgpd, Any, str, Path]]:
+    run_in(None, "ip", "link", "set", "lo", "up")
+    base = Path(os.environ.get("IBGP_GUEST_TMP") or tempfile.mkdtemp()) / name
+    netns_dir = base / "netns"
+    netns_dir.mkdir(parents=True)
+    host = await netlink_in(None)
+    uplink = f"up{name[:8]}"
+    await host.link("add", ifname=uplink, kind="dummy")
+    await host.link("set", index=await ifindex(host, uplink), state="up")
+    daemon = Gobgpd(global_config(65001, "10.255.0.1"), base / "gobgpd").start()
+    try:
+        yield daemon, host, uplink, netns_dir
+    finally:
+        daemon.stop()
+        for ns in netns_dir.iterdir():
+            delete_netns(ns)
+        await host.link("del", index=await ifindex(host, uplink))
+        host.close()
+
+
+@asynccontextmanager
+async def running(config: AgentConfig) -> AsyncIterator[Daemon]:
+    ready = asyncio.Event()
+    daemon = Daemon(config, on_ready=ready.set)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(ready.wait(), 600)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 60)
+
+
+async def bare_addpath_rtt(client: GobgpClient, n: int) -> list[float]:
+    attrs = Attributes(large_communities=(OWNER,))
+    samples = []
+    for i in range(n):
+        route = Route(ipaddress.ip_network(f"10.250.{i // 256}.{i % 256}/32"), None, attrs)
+        t0 = time.monotonic()
+        await client.add_paths([route])
+        samples.append(time.monotonic() - t0)
+        await client.delete_paths([route])
+    return samples
+
+
+async def bench_latency(events: int) -> dict[str, Any]:
+    async with testbed("latency") as (gobgpd, host, uplink, netns_dir), \
+            GobgpClient(gobgpd.target, OWNER) as client:
+        await client.connect()
+        baseline = await bare_addpath_rtt(client, min(events, 500))
+        ns = create_netns(netns_dir / "c1")
+        await add_ipvlan(host, uplink, ns, addresses=["10.1.0.2/16"])
+        marker = Route(ipaddress.ip_network("10.250.255.1/32"), None, Attributes(large_communities=(OWNER,)))
+        async with running(agent_config(gobgpd.target, uplink, netns_dir)):
+            watch = await RibWatch(gobgpd.target).start(marker, client)
+            inside = await netlink_in(ns)
+            index = await ifindex(inside, "eth0")
+            adds, dels = [], []
+            for i in range(events):
+                address = str(ipaddress.ip_address("10.1.1.0") + i)
+                for verb, withdraw, sink in (("add", False, adds), ("del", True, dels)):
+                    mark = len(watch.seen)
+                    t0 = time.monotonic()
+                    await inside.addr(verb, index=index, address=address, prefixlen=16)
+                    sink.append(await watch.wait(f"{address}/32", withdraw, mark) - t0)
+                await asyncio.sleep(0.005)  # a modest rate, not a burst
+            inside.close()
+            await watch.stop()
+    result = {"baseline_addpath": summary(baseline), "advertise": summary(adds), "withdraw": summary(dels)}
+    result["ratio_p50"] = result["advertise"]["p50_ms"] / result["baseline_addpath"]["p50_ms"]
+    result["_samples"] = {"baseline": baseline, "advertise": adds, "withdraw": dels}
+    return result
+
+
+async def bench_scale(count: int) -> dict[str, Any]:
+    per_ns = 100
+    async with testbed("scale") as (gobgpd, host, uplink, netns_dir), \
+            GobgpClient(gobgpd.target, OWNER) as client:
+        await client.connect()
+        attrs = Attributes(large_communities=(OWNER,))
+        routes = [Route(ipaddress.ip_network(f"{ipaddress.ip_address('10.128.0.0') + i}/32"), None, attrs)
+                  for i in range(count)]
+        t0 = time.monotonic()
+        await client.add_paths(routes)
+        bare = time.monotonic() - t0
+        await client.delete_paths(routes)
+        created = time.monotonic()
+        for n in range(0, count, per_ns):
+            ns = create_netns(netns_dir / f"c{n // per_ns}")
+            inside = await netlink_in(ns)
+            for i in range(n, min(n + per_ns, count)):
+                address = ipaddress.ip_address("10.64.0.0") + i
+                await add_ipvlan(host, uplink, ns, ifname=f"e{i - n}", addresses=[f"{address}/10"], inside=inside)
+            inside.close()
+        created = time.monotonic() - created
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.monotonic()
+        async with running(agent_config(gobgpd.target, uplink, netns_dir)) as daemon:
+            to_full = time.monotonic() - t0
+            held = len(daemon.reconciler.actual or {})
+            rss = _rss_kib()
+    return {"endpoints": count, "created_s": created, "bare_stream_s": bare, "agent_start_to_all_s": to_full,
+            "paths_in_gobgpd": held, "ratio": to_full / bare, "rss_mb": rss / 1024,
+            "process_rss_before_agent_mb": rss_before / 1024,
+            "note": "agent ran in the benchmark process; RSS includes the benchmark's own objects"}
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, Any]:
+    async with testbed("churn") as (gobgpd, host, uplink, netns_dir), \
+            GobgpClient(gobgpd.target, OWNER) as client:
+        await client.connect()
+        ns = create_netns(netns_dir / "c1")
+        inside = await netlink_in(ns)
+        for i in range(endpoints):
+            await add_ipvlan(host, uplink, ns, ifname=f"e{i}", addresses=[f"10.2.{i}.1/16"], inside=inside)
+        inside.close()
+        marker = Route(ipaddress.ip_network("10.250.255.1/32"), None, Attributes(large_communities=(OWNER,)))
+        async with running(agent_config(gobgpd.target, uplink, netns_dir)):
+            watch = await RibWatch(gobgpd.target).start(marker, client)
+            # `ip -batch -` applies changes as fast as it reads them; we pace the lines.
+            proc = subprocess.Popen(["nsenter", f"--net={ns}", "ip", "-batch", "-"], stdin=subprocess.PIPE, text=True)
+            assert proc.stdin is not None
+            present: set[str] = set()
+            sent: dict[str, float] = {}
+            t0 = time.monotonic()
+            n = 0
+            while time.monotonic() - t0 < seconds:
+                due = int((time.monotonic() - t0) * rate)
+                while n < due:
+                    slot = n % 2000
+                    address = f"10.3.{slot // 250}.{slot % 250 + 1}"
+                    dev = f"e{slot % endpoints}"
+                    verb = "del" if address in present else "add"
+                    proc.stdin.write(f"address {verb} {address}/16 dev {dev}\n")
+                    (present.discard if verb == "del" else present.add)(address)
+                    if verb == "add":
+                        sent[address] = time.monotonic()
+                    n += 1
+                proc.stdin.flush()
+                await asyncio.sleep(0.01)
+            proc.stdin.close()
+            proc.wait(120)
+            finished = time.monotonic()
+            wanted = {f"{a}/32" for a in present} | {f"10.2.{i}.1/32" for i in range(endpoints)} | {"10.250.255.1/32"}
+            deadline = time.monotonic() + 300
+            while True:
+                held = {str(r.prefix) for r in await client.list_owned_paths(4)}
+                if held == wanted or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            settle = time.monotonic() - finished
+            lags = []
+            first_add: dict[str, float] = {}
+            for t, p, w in watch.seen:
+                if not w:
+                    first_add.setdefault(p, t)
+            for address, at in sent.items():
+                if f"{address}/32" in first_add and first_add[f"{address}/32"] >= at:
+                    lags.append(first_add[f"{address}/32"] - at)
+            await watch.stop()
+    return {"rate_per_s": rate, "seconds": seconds, "changes": n, "achieved_rate": n / seconds,
+            "missing": len(wanted - held), "stale": len(held - wanted), "settle_after_end_s": settle,
+            "lag": summary(lags) if lags else None}
+
+
+async def bench_idle(endpoints: int, seconds: float) -> dict[str, Any]:
+    async with testbed("idle") as (gobgpd, host, uplink, netns_dir):
+        for n in range(0, endpoints, 100):
+            ns = create_netns(netns_dir / f"c{n}")
+            inside = await netlink_in(ns)
+            for i in range(n, min(n + 100, endpoints)):
+                await add_ipvlan(host, uplink, ns, ifname=f"e{i - n}", addresses=[f"10.4.{i // 250}.{i % 250 + 1}/16"],
+                                 inside=inside)
+            inside.close()
+        config = netns_dir.parent / "agent.toml"
+        config.write_text(
+            f'uplinks = ["{uplink}"]\nownership_community = "{OWNER}"\nnetns_dirs = ["{netns_dir}"]\n'
+            f'[gobgp]\ntarget = "{gobgpd.target}"\n[status]\nsocket = "{netns_dir.parent / "idle.sock"}"\n'
+            '[metrics]\nlisten = ""\n[[networks]]\nprefix = "10.0.0.0/8"\nadvertise = "host"\n')
+        log = (netns_dir.parent / "agent.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 600
+            while b"in sync with gobgpd" not in (netns_dir.parent / "agent.log").read_bytes():
+                assert time.monotonic() < deadline and proc.poll() is None
+                await asyncio.sleep(0.2)
+            before = _cpu_seconds(proc.pid)
+            await asyncio.sleep(seconds)  # the measurement window itself
+            used = _cpu_seconds(proc.pid) - before
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            log.close()
+    return {"endpoints": endpoints, "seconds": seconds, "cpu_seconds": used, "cpu_percent": 100 * used / seconds,
+            "note": "includes one full reconcile (timers.full_reconcile = 30 s) per 30 s"}
+
+
+async def bench_tor(samples: int) -> dict[str, Any]:
+    """The embedded rack: a container address added on host1 -> /32 in the FRR ToR's kernel FIB, next to the
+    floor: the same kind of path injected straight into host1's gobgpd through the API."""
+    from agent.lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
+    from agent.lab.embedded import NETNS_DIR, EmbeddedLab
+    from agent.lab.fibwatch import FibWatch
+    from agent.lab.status import containers
+    from agent.lab.topology import load_topology
+
+    lab = EmbeddedLab(load_topology(DEFAULT_TOPOLOGY))
+    lab.down()
+    lab.up(progress=lambda line: None)
+    try:
+        wait_for_routes(lab, "tor", {f"{c.address}/32" for c in containers(lab)}, timeout=300)
+        fib = await FibWatch(NETNS_DIR / lab.state.node_ns("tor")).start()
+        floor, agent = [], []
+        async with GobgpClient(lab.gobgp_api("host1"), LargeCommunity(65001, 4242, 99)) as client:
+            await client.connect(60)
+            attrs = Attributes(large_communities=(client.owner,))
+            for i in range(samples):
+                prefix = f"10.1.100.{150 + i % 50}/32"
+                route = Route(ipaddress.ip_network(prefix), None, attrs)
+                t0 = time.monotonic()
+                await client.add_paths([route])
+                floor.append(await fib.wait_for(prefix) - t0)
+                await client.delete_paths([route])
+                await fib.wait_for(prefix, present=False)
+        inside = await netlink_in(NETNS_DIR / "h1c1")
+        index = await ifindex(inside, "h1c1")
+        for i in range(samples):
+            address = f"10.1.100.{50 + i % 50}"
+            t0 = time.monotonic()
+            await inside.addr("add", index=index, address=address, prefixlen=24)
+            agent.append(await fib.wait_for(f"{address}/32") - t0)
+            await inside.addr("del", index=index, address=address, prefixlen=24)
+            await fib.wait_for(f"{address}/32", present=False)
+        inside.close()
+        await fib.stop()
+    finally:
+        lab.down()
+    result = {"floor_api_to_fib": summary(floor), "agent_event_to_fib": summary(agent),
+              "timers": "FRR datacenter defaults (keepalive 3 / hold 9, no MRAI on eBGP in datacenter profile); "
+                        "gobgpd sends updates immediately; agent settle 20 ms"}
+    result["p50_over_floor_ms"] = result["agent_event_to_fib"]["p50_ms"] - result["floor_api_to_fib"]["p50_ms"]
+    return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    samples = result.get("latency", {}).get("_samples")
+    if not samples:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, values in samples.items():
+        ax.hist([v * 1e3 for v in values], bins=60, alpha=0.55, label=f"{label} (n={len(values)})")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("events")
+    ax.set_title("netlink change -> gobgpd RIB, vs bare AddPath round trip (same VM, same run)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "kernel": platform.release(), "cpus": os.cpu_count()}
+    for name in args.only or ["latency", "tor", "scale", "churn", "idle"]:
+        started = time.monotonic()
+        print(f"[{name}] ...", flush=True)
+        if name == "latency":
+            result[name] = await bench_latency(args.events)
+        elif name == "tor":
+            result[name] = await bench_tor(args.tor_samples)
+        elif name == "scale":
+            result[name] = await bench_scale(args.scale)
+        elif name == "churn":
+            result[name] = await bench_churn(args.churn_rate, args.churn_seconds, 100)
+        elif name == "idle":
+            result[name] = await bench_idle(1000, args.idle_seconds)
+        printable = {k: v for k, v in result[name].items() if not k.startswith("_")}
+        print(f"[{name}] {time.monotonic() - started:.0f} s: {json.dumps(printable)}", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=["latency", "tor", "scale", "churn", "idle"])
+    parser.add_argument("--tor-samples", type=int, default=50)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--scale", type=int, default=10_000)
+    parser.add_argument("--churn-rate", type=int, default=1000)
+    parser.add_argument("--churn-seconds", type=float, default=60.0)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    parser.add_argument("--here", action="store_true", help="run on this kernel (it must have ipvlan)")
+    args = parser.parse_args()
+    if not args.here and not Path("/sys/module/ipvlan").exists():
+        from agent.lab.vm import run_in_guest
+
+        outdir = Path(tempfile.mkdtemp(prefix="ibgp-bench-"))
+        argv = [sys.executable, str(Path(__file__).resolve()), "--here", "--out", str(outdir), *sys.argv[1:]]
+        print(f"this kernel has no ipvlan: running in the VM (output in {outdir})", flush=True)
+        rc = run_in_guest(argv, outdir, timeout=5400)
+        sys.stdout.write((outdir / "guest.log").read_text(errors="replace"))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        for produced in outdir.glob("agent-*"):
+            (RESULTS / produced.name).write_bytes(produced.read_bytes())
+        return rc
+    result = asyncio.run(run_all(args))
+    out = args.out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    clean = {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
+             for k, v in result.items()}
+    (out / f"agent-{stamp}.json").write_text(json.dumps(clean, indent=2) + "\n")
+    plot(result, out / f"agent-{stamp}.png")
+    print(f"results: {out / f'agent-{stamp}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The shipped config/gobgpd.toml: its export policy lets only the ipvlan networks out, whatever the agent does."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.gobgp import GobgpClient
+from agent.lab.gobgpd import Gobgpd, free_port, global_config
+from agent.model import Attributes, Route
+
+from .conftest import OWNER
+
+pytestmark = pytest.mark.gobgpd
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gobgpd.toml"
+
+
+def host_config_peering_with(port: int) -> str:
+    """The shipped host config, with its ToR neighbour pointed at a local gobgpd."""
+    text = SHIPPED.read_text()
+    text = text.replace('neighbor-address = "192.0.2.1"', 'neighbor-address = "127.0.0.1"')
+    text = text.replace("    peer-as = 65000\n", f"    peer-as = 65000\n  [neighbors.transport.config]\n"
+                        f"    remote-port = {port}\n    local-address = \"127.0.0.1\"\n")
+    text = text.replace("connect-retry = 5", "connect-retry = 1")
+    return text
+
+
+def tor_config(port: int) -> str:
+    return global_config(65000, "10.255.0.254", port) + (
+        '[[neighbors]]\n  [neighbors.config]\n    neighbor-address = "127.0.0.1"\n    peer-as = 65001\n'
+        "  [neighbors.transport.config]\n    passive-mode = true\n"
+    )
+
+
+async def test_export_policy_drops_paths_outside_the_networks(tmp_path: Path) -> None:
+    bgp_port = free_port()
+    with Gobgpd(tor_config(bgp_port), tmp_path / "tor") as tor, \
+            Gobgpd(host_config_peering_with(bgp_port), tmp_path / "host") as host:
+        attrs = Attributes(large_communities=(OWNER,))
+        routes = [Route(ipaddress.ip_network(p), ipaddress.ip_address("192.0.2.11"), attrs)
+                  for p in ("10.1.100.5/32", "10.1.100.0/24", "8.8.8.8/32", "10.1.0.0/16")]
+        async with GobgpClient(host.target, OWNER) as client:
+            await client.add_paths(routes)
+        deadline = time.monotonic() + 30
+        while True:
+            rib = json.loads(tor.cli("global", "rib", "-a", "ipv4", "-j") or "{}")
+            if set(rib) >= {"10.1.100.5/32", "10.1.100.0/24"}:
+                break
+            assert time.monotonic() < deadline, f"ToR never learned the allowed paths: {rib}"
+            await asyncio.sleep(0.1)
+        assert set(rib) == {"10.1.100.5/32", "10.1.100.0/24"}  # 8.8.8.8/32 and the /16 never left the host

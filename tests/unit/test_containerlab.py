@@ -1,0 +1,76 @@
+"""Every containerlab topology: valid against containerlab's own schema, plus the checks it cannot make."""
+
+from __future__ import annotations
+
+import json
+import re as stdlib_re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import regex
+import yaml
+
+from agent.config import load_config
+from agent.lab.topology import AGENT_CONF, GOBGPD_CONF, TopologyError, load_topology, parse_topology
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "tests" / "fixtures" / "containerlab" / "clab.schema.json"
+TOPOLOGIES = sorted((REPO / "containerlab").glob("*.clab.yml"))
+
+
+def _validator() -> jsonschema.Draft7Validator:
+    schema = json.loads(SCHEMA.read_text())
+    checker = jsonschema.Draft7Validator.FORMAT_CHECKER
+
+    def pattern(validator: Any, expected: str, instance: Any, _schema: Any) -> Any:
+        # containerlab's patterns use \p{..} classes, which only the `regex` module understands.
+        if isinstance(instance, str) and not regex.search(expected, instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {expected!r}")
+
+    cls = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": pattern})
+    return cls(schema, format_checker=checker)
+
+
+def test_there_is_a_topology() -> None:
+    assert TOPOLOGIES
+
+
+@pytest.mark.parametrize("path", TOPOLOGIES, ids=lambda p: p.name)
+def test_topology_matches_containerlab_schema(path: Path) -> None:
+    errors = sorted(_validator().iter_errors(yaml.safe_load(path.read_text())), key=str)
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+@pytest.mark.parametrize("path", TOPOLOGIES, ids=lambda p: p.name)
+def test_topology_semantics_and_bound_configs(path: Path) -> None:
+    topology = load_topology(path)
+    hosts = topology.by_role("host")
+    assert hosts and topology.by_role("router")
+    for node in hosts:
+        load_config(node.binds[AGENT_CONF])  # what `ipvlan-bgp validate` checks
+        assert node.binds[GOBGPD_CONF].read_text().strip()
+    linked = {end[0] for link in topology.links for end in (link.a, link.b)}
+    assert linked == set(topology.nodes)
+
+
+def test_schema_rejects_a_broken_topology() -> None:
+    errors = list(_validator().iter_errors({"name": "x", "topology": {"nodes": {"a": {"kind": 7}}}}))
+    assert errors
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"topology": {"nodes": {"a": {}}, "links": [{"endpoints": ["a:eth1", "ghost:eth1"]}]}}, "names no node"),
+        ({"topology": {"nodes": {"a": {}, "b": {}}, "links": [{"endpoints": ["a:eth1"]}]}}, "exactly two"),
+        ({"topology": {"nodes": {"a": {"binds": ["missing.conf:/etc/x"]}}}}, "does not exist"),
+        ({"topology": {"nodes": {"a": {}, "b": {}},
+                       "links": [{"endpoints": ["a:eth1", "b:eth1"]}, {"endpoints": ["a:eth1", "b:eth2"]}]}},
+         "used by two links"),
+    ],
+)
+def test_semantic_errors(data: dict[str, Any], message: str, tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match=stdlib_re.escape(message)):
+        parse_topology(data, tmp_path / "t.clab.yml")
