@@ -47,8 +47,13 @@ lint: setup
 demo: setup
 	$(PY) -m agent.lab.demo
 
+# Benchmarks (not part of `make test`): the bare GoBGP API baseline, then the agent on real ipvlan (in the
+# VM where this kernel has none). Figures are printed; JSON and a PNG land in bench/results/.
+BENCH_ARGS ?=
 bench: setup
+	$(PY) -m pip install -q 'matplotlib>=3.8,<4'
 	$(PY) bench/gobgp_baseline.py
+	$(PY) bench/agent_bench.py $(BENCH_ARGS)
 
 # Install beside gobgpd on a host: a virtualenv in $(PREFIX), /usr/local/bin/ipvlan-bgp, the systemd units
 # and an example config (kept if one exists). Then: edit /etc/ipvlan-bgp/agent.toml and /etc/gobgpd/gobgpd.toml,

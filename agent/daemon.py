@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from .config import AgentConfig, ConfigError, OnShutdown, load_config
@@ -56,7 +56,7 @@ class Daemon:
         self.healthy = False
         self._on_ready = on_ready
         self._stop = asyncio.Event()
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watchdog_due = False
 
     @property
@@ -67,8 +67,11 @@ class Daemon:
         self._stop.set()
         self.wake.set()
 
-    def _wake_in(self, delay: float) -> None:
-        self._timers.append(asyncio.get_running_loop().call_later(delay, self.wake.set))
+    def _wake_in(self, delay: float, purpose: str) -> None:
+        """One pending wake-up per purpose (retry, hold-down release): a new one replaces the old."""
+        if (old := self._timers.pop(purpose, None)) is not None:
+            old.cancel()
+        self._timers[purpose] = asyncio.get_running_loop().call_later(delay, self.wake.set)
 
     def reload(self, config: AgentConfig) -> None:
         """Take a new, already validated config; the next pass re-sends only prefixes whose routes changed."""
@@ -104,7 +107,7 @@ class Daemon:
             await self._main_loop()
         finally:
             notify("STOPPING=1")
-            for timer in self._timers:
+            for timer in self._timers.values():
                 timer.cancel()
             for task in tasks:
                 task.cancel()
@@ -141,7 +144,7 @@ class Daemon:
                 self._watchdog_due = False
                 notify("WATCHDOG=1")
             if not ok:
-                self._wake_in(retry)
+                self._wake_in(retry, "retry")
                 retry = min(retry * 2, RETRY_MAX)
                 continue
             if first_event_at is not None:
@@ -159,7 +162,7 @@ class Daemon:
         endpoints = self.discovery.snapshot()
         damped = self.damper.filter(endpoints, time.monotonic())
         if damped.next_release is not None:
-            self._wake_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001)
+            self._wake_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, "release")
         for endpoint in set(damped.held) - set(self.held_down):
             log.warning("holding down flapping endpoint %s", endpoint.label)
         self.last_endpoints, self.held_down = endpoints, damped.held
@@ -231,6 +234,20 @@ class Daemon:
         finally:
             await self.discovery.close()
             await self.client.close()
+
+
+@contextlib.asynccontextmanager
+async def running(config: AgentConfig, ready_timeout: float = 60.0) -> AsyncIterator[Daemon]:
+    """A Daemon running as a task of the current loop, in sync with gobgpd; stopped on exit."""
+    ready = asyncio.Event()
+    daemon = Daemon(config, on_ready=ready.set)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(ready.wait(), ready_timeout)
+        yield daemon
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 60)
 
 
 def _raise_nofile_limit() -> None:

@@ -79,6 +79,11 @@ def open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
     return sock
 
 
+def _close_result(future: asyncio.Future[socket.socket]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
 def namespace_identity(path: str) -> tuple[int, int] | None:
     """(device, inode) of a namespace file: two bind mounts of one namespace share it."""
     try:
@@ -143,13 +148,12 @@ class NamespaceWatcher:
         # carries the sequence number of the request that caused it. On a socket that also sends requests,
         # a change made by another program whose number matches one of ours would be filed as our reply and
         # lost. The event socket never sends, so every message on it is an event.
-        loop = asyncio.get_running_loop()
-        events_sock = await loop.run_in_executor(self._opener, open_netlink_in, self.path, self._rcvbuf)
+        events_sock = await self._open(self._rcvbuf)
         events = AsyncIPRoute(fileno=events_sock.detach(), groups=GROUPS, rcvbuf=self._rcvbuf)
         requests: AsyncIPRoute | None = None
         try:
             await events.bind(groups=GROUPS)  # subscribe before the dump, so no change falls in between
-            requests_sock = await loop.run_in_executor(self._opener, open_netlink_in, self.path, 1 << 20)
+            requests_sock = await self._open(1 << 20)
             requests = AsyncIPRoute(fileno=requests_sock.detach())
             view = NamespaceView()
             async for msg in await requests.link("dump"):
@@ -173,6 +177,14 @@ class NamespaceWatcher:
             events.close()
             if requests is not None:
                 requests.close()
+
+    async def _open(self, rcvbuf: int) -> socket.socket:
+        future = asyncio.get_running_loop().run_in_executor(self._opener, open_netlink_in, self.path, rcvbuf)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:  # the socket still arrives: close it then, or it leaks
+            future.add_done_callback(_close_result)
+            raise
 
     async def _own_nsid(self, ipr: Any) -> int | None:
         if self.path is None:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.config import AgentConfig, parse_config  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
+from agent.daemon import running  # noqa: E402
 from agent.gobgp import GobgpClient, path_to_route  # noqa: E402
 from agent.gobgpapi import gobgp_pb2 as api  # noqa: E402
 from agent.lab.containers import add_ipvlan, ifindex, netlink_in  # noqa: E402
@@ -132,19 +132,6 @@ async def testbed(name: str) -> AsyncIterator[tuple[Gobgpd, Any, str, Path]]:
         host.close()
 
 
-@asynccontextmanager
-async def running(config: AgentConfig) -> AsyncIterator[Daemon]:
-    ready = asyncio.Event()
-    daemon = Daemon(config, on_ready=ready.set)
-    task = asyncio.create_task(daemon.run())
-    await asyncio.wait_for(ready.wait(), 600)
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        await asyncio.wait_for(task, 60)
-
-
 async def bare_addpath_rtt(client: GobgpClient, n: int) -> list[float]:
     attrs = Attributes(large_communities=(OWNER,))
     samples = []
@@ -209,7 +196,7 @@ async def bench_scale(count: int) -> dict[str, Any]:
         created = time.monotonic() - created
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.monotonic()
-        async with running(agent_config(gobgpd.target, uplink, netns_dir)) as daemon:
+        async with running(agent_config(gobgpd.target, uplink, netns_dir), 600) as daemon:
             to_full = time.monotonic() - t0
             held = len(daemon.reconciler.actual or {})
             rss = _rss_kib()

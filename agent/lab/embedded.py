@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .frr import FrrRouter
+from .netns import enter
 from .topology import AGENT_CONF, FRR_CONF, GOBGPD_CONF, Topology
 
 STATE_ROOT = Path(os.environ.get("IBGP_LAB_STATE", "/run/ipvlan-bgp-lab"))
@@ -40,7 +41,7 @@ def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.C
 
 
 def in_netns(netns: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", command], capture_output=True, text=True)
+    out = subprocess.run([*enter(netns), "sh", "-c", command], capture_output=True, text=True)
     if check and out.returncode != 0:
         raise LabError(f"[{netns}] {command}: {out.stderr.strip() or out.stdout.strip()}")
     return out
@@ -155,7 +156,7 @@ class EmbeddedLab:
         else:
             command = [_python(), "-m", "agent.cli", "run", str(agent_conf)]
         with (workdir / f"{what}.log").open("ab") as log:
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, *command], stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([*enter(ns), *command], stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=Path(__file__).resolve().parents[2])
         self.state.pids[f"{node}/{what}"] = proc.pid
 

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .netns import enter
+
 FRR_BIN = Path("/usr/lib/frr")
 
 
@@ -33,7 +35,7 @@ class FrrRouter:
         common = ["-u", "frr", "-g", "frr", "-z", str(self.zserv), "--vty_socket", str(self.workdir), "-f", str(conf)]
         for daemon in ("zebra", "bgpd"):
             extra = ["-A", "127.0.0.1"] if daemon == "bgpd" else []
-            argv = ["ip", "netns", "exec", self.netns, str(FRR_BIN / daemon), *common, *extra,
+            argv = [*enter(self.netns), str(FRR_BIN / daemon), *common, *extra,
                     "-i", str(self.workdir / f"{daemon}.pid")]
             log = (self.workdir / f"{daemon}.log").open("ab")
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))

@@ -16,6 +16,7 @@ import grpc
 
 from ..gobgpapi import gobgp_pb2 as api
 from ..gobgpapi import gobgp_pb2_grpc as api_grpc
+from .netns import enter
 
 GOBGPD = os.environ.get("GOBGPD", "/usr/bin/gobgpd")
 
@@ -70,7 +71,7 @@ class Gobgpd:
         if self.graceful_restart_flag:
             argv.append("-r")
         if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
+            argv = [*enter(self.netns), *argv]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)

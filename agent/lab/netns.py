@@ -25,9 +25,19 @@ def delete_netns(path: Path) -> None:
         path.unlink()
 
 
+def enter(netns: str | Path) -> list[str]:
+    """Command prefix that runs a program in a network namespace (a name under /run/netns, or a path).
+
+    nsenter, not `ip netns exec`: the latter also unshares the mount namespace, so a namespace that the
+    program creates with `ip netns add` would be mounted where nobody else can see it.
+    """
+    path = netns if "/" in str(netns) else f"/run/netns/{netns}"
+    return ["nsenter", f"--net={path}"]
+
+
 def run_in(path: Path | None, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command inside the namespace at ``path`` (None: here)."""
-    prefix = ["nsenter", f"--net={path}"] if path is not None else []
+    prefix = enter(path) if path is not None else []
     out = subprocess.run([*prefix, *argv], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} (in {path or 'this namespace'}) failed: {out.stderr.strip()}")

@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .embedded import EmbeddedLab, in_netns, ip
+from .netns import enter
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def fib(lab: EmbeddedLab, router: str) -> dict[str, list[str]]:
 def host_paths(lab: EmbeddedLab, host: str) -> list[str]:
     target = lab.state.api.get(host, "127.0.0.1:50051")
     address, _, port = target.rpartition(":")
-    out = subprocess.run(["ip", "netns", "exec", lab.state.node_ns(host), "gobgp", "-u", address, "-p", port,
+    out = subprocess.run([*enter(lab.state.node_ns(host)), "gobgp", "-u", address, "-p", port,
                           "global", "rib", "-a", "ipv4", "-j"], capture_output=True, text=True)
     return sorted(json.loads(out.stdout or "{}"), key=lambda p: ipaddress.ip_network(p))
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.config import AgentConfig, parse_config
-from agent.daemon import Daemon
+from agent.daemon import Daemon, running
 from agent.gobgp import GobgpClient
 from agent.lab.gobgpd import Gobgpd
 from agent.model import Attributes, LargeCommunity, Route
 
+from ..helpers import eventually
 from .conftest import OWNER
 
 pytestmark = pytest.mark.gobgpd
@@ -41,33 +41,8 @@ def agent_config(gobgpd: Gobgpd, tmp_path: Path, **extra: Any) -> AgentConfig:
     return parse_config(data)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def owned_prefixes(client: GobgpClient) -> set[str]:
     return {str(r.prefix) for r in [*await client.list_owned_paths(4), *await client.list_owned_paths(6)]}
-
-
-class Running:
-    def __init__(self, config: AgentConfig) -> None:
-        self.ready = asyncio.Event()
-        self.daemon = Daemon(config, on_ready=self.ready.set)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Daemon:
-        self.task = asyncio.create_task(self.daemon.run())
-        await asyncio.wait_for(self.ready.wait(), 15)
-        return self.daemon
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.daemon.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 15)
 
 
 async def test_adopts_own_paths_withdraws_stale_leaves_foreign(gobgpd: Gobgpd, client: GobgpClient,
@@ -79,7 +54,7 @@ async def test_adopts_own_paths_withdraws_stale_leaves_foreign(gobgpd: Gobgpd, c
     async with GobgpClient(gobgpd.target, LargeCommunity(65001, 4242, 2)) as other:
         await other.add_paths([Route(ipaddress.ip_network("10.9.8.0/24"), None,
                                      Attributes(large_communities=(other.owner,)))])
-    async with Running(config):
+    async with running(config):
         assert await owned_prefixes(client) == {"10.1.100.0/24", "2001:db8:100::/64"}
         assert {str(r.prefix) for r in await client.list_paths(4)} == {"10.1.100.0/24", "10.9.9.0/24", "10.9.8.0/24"}
     # on_shutdown = retain: the paths stay for the next start
@@ -88,10 +63,10 @@ async def test_adopts_own_paths_withdraws_stale_leaves_foreign(gobgpd: Gobgpd, c
 
 async def test_restart_adopts_without_withdrawal(gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path)
-    async with Running(config) as daemon:
+    async with running(config) as daemon:
         first = daemon.reconciler.stats.added
     assert first == 2
-    async with Running(config) as daemon:
+    async with running(config) as daemon:
         assert daemon.reconciler.stats.added == 0 and daemon.reconciler.stats.withdrawn == 0
         assert daemon.reconciler.stats.passes >= 1
     assert await owned_prefixes(client) == {"10.1.100.0/24", "2001:db8:100::/64"}
@@ -99,7 +74,7 @@ async def test_restart_adopts_without_withdrawal(gobgpd: Gobgpd, client: GobgpCl
 
 async def test_gobgpd_restart_pushes_everything_back(gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path)
-    async with Running(config) as daemon:
+    async with running(config) as daemon:
         gobgpd.kill()
         gobgpd.start()
         started = time.monotonic()
@@ -119,7 +94,7 @@ async def test_shutdown_withdraw_removes_every_owned_path(gobgpd: Gobgpd, client
                                                           tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path, on_shutdown="withdraw")
     gobgpd.cli("global", "rib", "add", "-a", "ipv4", "10.9.9.0/24")
-    async with Running(config):
+    async with running(config):
         assert await owned_prefixes(client) == {"10.1.100.0/24", "2001:db8:100::/64"}
     assert await owned_prefixes(client) == set()
     assert {str(r.prefix) for r in await client.list_paths(4)} == {"10.9.9.0/24"}
@@ -128,23 +103,21 @@ async def test_shutdown_withdraw_removes_every_owned_path(gobgpd: Gobgpd, client
 async def test_waits_for_gobgpd_that_starts_late(gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path)
     gobgpd.kill()
-    running = Running(config)
-    task = asyncio.create_task(running.__aenter__())
-
-    async def failed_once() -> bool:
-        return running.daemon.reconciler.stats.failures >= 1
-
-    await eventually(failed_once, what="a failed pass while gobgpd is down")
-    assert not running.ready.is_set()
+    ready = asyncio.Event()
+    daemon = Daemon(config, on_ready=ready.set)
+    task = asyncio.create_task(daemon.run())
+    await eventually(lambda: daemon.reconciler.stats.failures >= 1, what="a failed pass while gobgpd is down")
+    assert not ready.is_set()
     gobgpd.start()
-    await asyncio.wait_for(task, 15)
+    await asyncio.wait_for(ready.wait(), 15)
     assert await owned_prefixes(client) == {"10.1.100.0/24", "2001:db8:100::/64"}
-    await running.__aexit__(None)
+    daemon.stop()
+    await asyncio.wait_for(task, 15)
 
 
 async def test_second_pass_sends_nothing(gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path)
-    async with Running(config) as daemon:
+    async with running(config) as daemon:
         plan = await daemon.reconciler.reconcile(daemon.discovery.snapshot())
         assert plan.empty
         daemon.reconciler.invalidate()  # a full re-read of gobgpd agrees too

@@ -17,7 +17,7 @@ import pytest
 from pyroute2 import AsyncIPRoute
 
 from agent.config import AgentConfig, parse_config
-from agent.daemon import Daemon
+from agent.daemon import running
 from agent.gobgp import GobgpClient, path_to_route
 from agent.gobgpapi import gobgp_pb2 as api
 from agent.lab.containers import add_container, ifindex, netlink_in
@@ -77,27 +77,10 @@ async def wait_owned(client: GobgpClient, wanted: set[str], timeout: float = 60.
         await asyncio.sleep(0.05)
 
 
-class RunningDaemon:
-    def __init__(self, config: AgentConfig) -> None:
-        self.ready = asyncio.Event()
-        self.daemon = Daemon(config, on_ready=self.ready.set)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Daemon:
-        self.task = asyncio.create_task(self.daemon.run())
-        await asyncio.wait_for(self.ready.wait(), 60)
-        return self.daemon
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.daemon.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 30)
-
-
 async def test_container_lifecycle_in_gobgpd(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute,
                                              uplink: str, netns_dir: Path) -> None:
     config = make_config(gobgpd, uplink, netns_dir)
-    async with RunningDaemon(config) as daemon:
+    async with running(config) as daemon:
         c1 = await add_container(host, uplink, netns_dir / "c1", ["10.1.100.2/24", "2001:db8:100::2/64"])
         paths = await wait_owned(client, {"10.1.100.2/32", "10.1.100.0/24", "2001:db8:100::2/128"})
         host_route = paths["10.1.100.2/32"]
@@ -119,7 +102,7 @@ async def test_explicit_next_hop(gobgpd: Gobgpd, client: GobgpClient, host: Asyn
                                  netns_dir: Path) -> None:
     config = make_config(gobgpd, uplink, netns_dir, next_hop={"ipv4": "192.0.2.11"})
     await add_container(host, uplink, netns_dir / "c1", ["10.1.100.2/24"])
-    async with RunningDaemon(config):
+    async with running(config):
         paths = await wait_owned(client, {"10.1.100.2/32", "10.1.100.0/24"})
         assert str(paths["10.1.100.2/32"].next_hop) == "192.0.2.11"
 
@@ -143,7 +126,7 @@ async def test_event_to_rib_latency(gobgpd: Gobgpd, client: GobgpClient, host: A
     config = make_config(gobgpd, uplink, netns_dir)
     ns = await add_container(host, uplink, netns_dir / "c1", ["10.1.100.2/24"])
     seen: list[tuple[float, str, bool]] = []
-    async with RunningDaemon(config):
+    async with running(config):
         await wait_owned(client, {"10.1.100.2/32", "10.1.100.0/24"})
         watcher = asyncio.create_task(watch_table(gobgpd, seen, init=True))
         inside = await netlink_in(ns)
@@ -225,7 +208,7 @@ async def test_gobgpd_sigkill_and_restart_all_paths_back(gobgpd: Gobgpd, client:
     for n in range(20):
         await add_container(host, uplink, netns_dir / f"c{n}", [f"10.1.100.{n + 2}/24"])
     wanted = {f"10.1.100.{n + 2}/32" for n in range(20)} | {"10.1.100.0/24"}
-    async with RunningDaemon(config) as daemon:
+    async with running(config) as daemon:
         await wait_owned(client, wanted)
         gobgpd.kill()
         gobgpd.start()
