@@ -7,6 +7,7 @@ same work in milliseconds, which is what lets the tests and benchmarks use thous
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +17,8 @@ from pyroute2 import AsyncIPRoute
 from ..discovery import open_netlink_in
 from ..endpoints import IpvlanMode
 from .netns import create_netns, delete_netns
+
+_names = itertools.count()
 
 
 async def netlink_in(path: Path | None) -> AsyncIPRoute:
@@ -37,15 +40,20 @@ async def add_ipvlan(host: AsyncIPRoute, parent: str, netns: Path, *, ifname: st
     """Create an ipvlan slave of ``parent`` (in ``host``'s namespace) directly inside ``netns``, like a
     container's eth0. Pass ``inside`` (a socket in ``netns``) to reuse it for many slaves."""
     parent_index = await ifindex(host, parent)
+    # Created in the host namespace, then moved, as Docker does. The kernel keeps ONE mode per parent: adding
+    # a slave in another mode switches every slave of that parent to it.
+    temp = f"ipvl{next(_names)}"
     fd = os.open(netns, os.O_RDONLY)
     try:
-        await host.link("add", ifname=ifname, kind="ipvlan", link=parent_index, ipvlan_mode=int(mode), net_ns_fd=fd)
+        await host.link("add", ifname=temp, kind="ipvlan", link=parent_index, ipvlan_mode=int(mode))
+        await host.link("set", index=await ifindex(host, temp), net_ns_fd=fd)
     finally:
         os.close(fd)
     own_socket = inside is None
     ipr = inside if inside is not None else await netlink_in(netns)
     try:
-        index = await ifindex(ipr, ifname)
+        index = await ifindex(ipr, temp)
+        await ipr.link("set", index=index, ifname=ifname)
         for address in addresses:
             iface = ipaddress.ip_interface(address)
             await ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,

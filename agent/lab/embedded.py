@@ -94,6 +94,7 @@ class EmbeddedLab:
         self.topology = topology
         self.state = load_state(topology.name) or LabState(
             topology.name, str(topology.path), prefix or f"{topology.name}-")
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}  # started by this process: reaped on down
         self.routers = {n.name: FrrRouter(self.state.node_ns(n.name), n.binds[FRR_CONF],
                                           state_dir(topology.name) / n.name) for n in topology.by_role("router")}
 
@@ -124,9 +125,8 @@ class EmbeddedLab:
                 state.containers += sorted(_namespaces() - before - set(state.namespaces))
                 save_state(state)
             progress(f"{len(state.containers)} containers: {', '.join(state.containers)}")
-            for name, router in self.routers.items():
-                for daemon, pid in zip(("zebra", "bgpd"), router.start(), strict=True):
-                    state.pids[f"{name}/{daemon}"] = pid
+            for name in self.routers:
+                self._start_router(name)
                 save_state(state)
             for node in self.topology.by_role("host"):
                 self._start(node.name, "gobgpd")
@@ -137,6 +137,27 @@ class EmbeddedLab:
             self.down()
             raise
         return state
+
+    def _start_router(self, node: str) -> None:
+        for daemon, proc in zip(("zebra", "bgpd"), self.routers[node].start(), strict=True):
+            self._track(f"{node}/{daemon}", proc)
+
+    def _track(self, label: str, proc: subprocess.Popen[bytes]) -> None:
+        self.state.pids[label] = proc.pid
+        self._procs[label] = proc
+
+    def _stop(self, label: str, sig: int) -> None:
+        pid = self.state.pids.pop(label, 0)
+        _kill(pid, sig)
+        proc = self._procs.pop(label, None)
+        if proc is None:  # started by another invocation (`lab up` earlier): not our child to reap
+            _wait_gone(pid)
+            return
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            _kill(pid, signal.SIGKILL)
+            proc.wait()
 
     def _start(self, node: str, what: str) -> None:
         """Start ``gobgpd`` or ``agent`` in a host node's namespace with the files the node binds."""
@@ -158,7 +179,7 @@ class EmbeddedLab:
         with (workdir / f"{what}.log").open("ab") as log:
             proc = subprocess.Popen([*enter(ns), *command], stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=Path(__file__).resolve().parents[2])
-        self.state.pids[f"{node}/{what}"] = proc.pid
+        self._track(f"{node}/{what}", proc)
 
     def gobgp_api(self, node: str) -> str:
         """A gRPC target for the host node's gobgpd that works from any namespace."""
@@ -170,24 +191,17 @@ class EmbeddedLab:
         # A router restarts whole: bgpd does not survive losing its zebra cleanly.
         labels = [f"{node}/zebra", f"{node}/bgpd"] if node in self.routers else [label]
         for each in labels:
-            pid = self.state.pids.pop(each, 0)
-            _kill(pid, sig)
-            _wait_gone(pid)
+            self._stop(each, sig)
         if node in self.routers:
-            router = self.routers[node]
-            router.procs.clear()
-            for daemon, pid in zip(("zebra", "bgpd"), router.start(), strict=True):
-                self.state.pids[f"{node}/{daemon}"] = pid
+            self._start_router(node)
         else:
             self._start(node, what)
         save_state(self.state)
 
     def down(self) -> None:
         state = self.state
-        for pid in state.pids.values():
-            _kill(pid, signal.SIGTERM)
-        for pid in state.pids.values():
-            _wait_gone(pid)
+        for label in list(state.pids):
+            self._stop(label, signal.SIGTERM)
         for ns in state.containers + state.namespaces:
             ip("netns", "del", ns, check=False)
         shutil.rmtree(state_dir(state.name), ignore_errors=True)

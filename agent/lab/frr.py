@@ -18,13 +18,13 @@ class FrrRouter:
         self.netns = netns
         self.config = config
         self.workdir = workdir
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def zserv(self) -> Path:
         return self.workdir / "zserv.api"
 
-    def start(self) -> list[int]:
+    def start(self) -> list[subprocess.Popen[bytes]]:
+        """Start zebra, then bgpd; returns their processes (in that order)."""
         if not (FRR_BIN / "bgpd").exists():
             raise RuntimeError("FRR is not installed: apt-get install frr")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -32,16 +32,17 @@ class FrrRouter:
         conf = self.workdir / "frr.conf"
         shutil.copy(self.config, conf)
         shutil.chown(conf, "frr", "frr")
+        procs: list[subprocess.Popen[bytes]] = []
         common = ["-u", "frr", "-g", "frr", "-z", str(self.zserv), "--vty_socket", str(self.workdir), "-f", str(conf)]
         for daemon in ("zebra", "bgpd"):
             extra = ["-A", "127.0.0.1"] if daemon == "bgpd" else []
             argv = [*enter(self.netns), str(FRR_BIN / daemon), *common, *extra,
                     "-i", str(self.workdir / f"{daemon}.pid")]
-            log = (self.workdir / f"{daemon}.log").open("ab")
-            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            with (self.workdir / f"{daemon}.log").open("ab") as log:
+                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             if daemon == "zebra":
-                _wait_for(self.zserv, self.procs[-1])
-        return [p.pid for p in self.procs]
+                _wait_for(self.zserv, procs[-1])
+        return procs
 
     def vtysh(self, command: str) -> str:
         out = subprocess.run(["vtysh", "--vty_socket", str(self.workdir), "-c", command],

@@ -56,11 +56,15 @@ def fib(lab: EmbeddedLab, router: str) -> dict[str, list[str]]:
 
 
 def host_paths(lab: EmbeddedLab, host: str) -> list[str]:
+    """Prefixes the host's gobgpd originates (its RIB also holds what the ToR sends back: left out)."""
     target = lab.state.api.get(host, "127.0.0.1:50051")
     address, _, port = target.rpartition(":")
     out = subprocess.run([*enter(lab.state.node_ns(host)), "gobgp", "-u", address, "-p", port,
                           "global", "rib", "-a", "ipv4", "-j"], capture_output=True, text=True)
-    return sorted(json.loads(out.stdout or "{}"), key=lambda p: ipaddress.ip_network(p))
+    rib = json.loads(out.stdout or "{}")
+    local = [prefix for prefix, paths in rib.items()
+             if any(path.get("neighbor-ip", "<nil>") == "<nil>" for path in paths)]
+    return sorted(local, key=lambda p: ipaddress.ip_network(p))
 
 
 def ping(lab: EmbeddedLab, source: str, target: str) -> Ping:

@@ -36,27 +36,31 @@ async def synced(d: Discovery) -> Discovery:
 
 async def test_l3_and_l3s_found_l2_macvlan_veth_ignored(host: AsyncIPRoute, uplink: str, netns_dir: Path,
                                                         discovery_factory: Callable[..., Discovery]) -> None:
-    await add_container(host, uplink, netns_dir / "l3", ["10.1.100.2/24"], mode=IpvlanMode.L3)
-    await add_container(host, uplink, netns_dir / "l3s", ["10.1.100.3/24"], mode=IpvlanMode.L3S)
-    await add_container(host, uplink, netns_dir / "l2", ["10.1.100.4/24"], mode=IpvlanMode.L2)
-    other = create_netns(netns_dir / "other")
-    run_in(None, "modprobe", "macvlan")
-    # A device cannot be the parent of ipvlan and macvlan slaves at once: macvlan gets its own parent.
-    run_in(None, "ip", "link", "add", "mp" + uplink[2:], "type", "dummy")
-    run_in(None, "ip", "link", "add", "mv" + uplink[2:], "link", "mp" + uplink[2:], "netns", str(other), "type",
-           "macvlan")
-    run_in(None, "ip", "link", "add", "ve" + uplink[2:], "netns", str(other), "type", "veth", "peer", "name",
-           "vp" + uplink[2:])
+    # The kernel keeps one ipvlan mode per parent, so each mode gets its own (configured) uplink.
+    l3s_uplink, l2_uplink, mv_parent = ("s" + uplink[1:], "l" + uplink[1:], "m" + uplink[1:])
+    for name in (l3s_uplink, l2_uplink, mv_parent):
+        run_in(None, "ip", "link", "add", name, "type", "dummy")
+        run_in(None, "ip", "link", "set", name, "up")
     try:
-        d = await synced(discovery_factory([uplink], netns_dir))
+        await add_container(host, uplink, netns_dir / "l3", ["10.1.100.2/24"], mode=IpvlanMode.L3)
+        await add_container(host, l3s_uplink, netns_dir / "l3s", ["10.1.100.3/24"], mode=IpvlanMode.L3S)
+        await add_container(host, l2_uplink, netns_dir / "l2", ["10.1.100.4/24"], mode=IpvlanMode.L2)
+        other = create_netns(netns_dir / "other")
+        run_in(None, "modprobe", "macvlan")
+        run_in(None, "ip", "link", "add", "mv" + uplink[2:], "link", mv_parent, "netns", str(other), "type",
+               "macvlan")
+        run_in(None, "ip", "link", "add", "ve" + uplink[2:], "netns", str(other), "type", "veth", "peer", "name",
+               "vp" + uplink[2:])
+        d = await synced(discovery_factory([uplink, l3s_uplink, l2_uplink, mv_parent], netns_dir))
         found = by_ns(d)
         assert set(found) == {"l3", "l3s"}
         assert found["l3"].mode is IpvlanMode.L3 and found["l3s"].mode is IpvlanMode.L3S
         assert addrs(found["l3"]) == {"10.1.100.2/24"} and found["l3"].ready
-        assert found["l3"].parent == uplink and found["l3"].ifname == "eth0"
+        assert found["l3"].parent == uplink and found["l3s"].parent == l3s_uplink
+        assert found["l3"].ifname == "eth0"
     finally:
-        run_in(None, "ip", "link", "del", "vp" + uplink[2:], check=False)
-        run_in(None, "ip", "link", "del", "mp" + uplink[2:], check=False)
+        for name in (l3s_uplink, l2_uplink, mv_parent, "vp" + uplink[2:]):
+            run_in(None, "ip", "link", "del", name, check=False)
 
 
 async def test_address_lifecycle_and_link_state(host: AsyncIPRoute, uplink: str, netns_dir: Path,
