@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import ipaddress
 import json
 import os
@@ -43,6 +44,8 @@ from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 from agent.model import Attributes, LargeCommunity, Route  # noqa: E402
 
 OWNER = LargeCommunity(65001, 4242, 1)
+MARKER = Route(ipaddress.ip_network("10.250.255.1/32"), None,
+               Attributes(large_communities=(LargeCommunity(65001, 4242, 99),)))
 RESULTS = REPO / "bench" / "results"
 
 
@@ -77,8 +80,10 @@ class RibWatch:
                     if route is not None:
                         self.seen.append((now, str(route.prefix), path.is_withdraw))
 
-    async def start(self, marker: Route, client: GobgpClient) -> RibWatch:
-        await client.add_paths([marker])  # something to list, so the initial table proves the stream is up
+    async def start(self) -> RibWatch:
+        # A path of another owner (the agent leaves it alone): the initial table then proves the stream is up.
+        async with GobgpClient(self.target, MARKER.attributes.large_communities[0]) as other:
+            await other.add_paths([MARKER])
         self.task = asyncio.create_task(self.run())
         await asyncio.wait_for(self.attached.wait(), 60)
         return self
@@ -151,9 +156,8 @@ async def bench_latency(events: int) -> dict[str, Any]:
         baseline = await bare_addpath_rtt(client, min(events, 500))
         ns = create_netns(netns_dir / "c1")
         await add_ipvlan(host, uplink, ns, addresses=["10.1.0.2/16"])
-        marker = Route(ipaddress.ip_network("10.250.255.1/32"), None, Attributes(large_communities=(OWNER,)))
         async with running(agent_config(gobgpd.target, uplink, netns_dir)):
-            watch = await RibWatch(gobgpd.target).start(marker, client)
+            watch = await RibWatch(gobgpd.target).start()
             inside = await netlink_in(ns)
             index = await ifindex(inside, "eth0")
             adds, dels = [], []
@@ -222,14 +226,14 @@ async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, An
         for i in range(endpoints):
             await add_ipvlan(host, uplink, ns, ifname=f"e{i}", addresses=[f"10.2.{i}.1/16"], inside=inside)
         inside.close()
-        marker = Route(ipaddress.ip_network("10.250.255.1/32"), None, Attributes(large_communities=(OWNER,)))
         async with running(agent_config(gobgpd.target, uplink, netns_dir)):
-            watch = await RibWatch(gobgpd.target).start(marker, client)
+            watch = await RibWatch(gobgpd.target).start()
             # `ip -batch -` applies changes as fast as it reads them; we pace the lines.
-            proc = subprocess.Popen(["nsenter", f"--net={ns}", "ip", "-batch", "-"], stdin=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(["nsenter", f"--net={ns}", "ip", "-force", "-batch", "-"], stdin=subprocess.PIPE,
+                                    text=True)
             assert proc.stdin is not None
             present: set[str] = set()
-            sent: dict[str, float] = {}
+            sent: list[tuple[str, float]] = []  # (address, when its add was written)
             t0 = time.monotonic()
             n = 0
             while time.monotonic() - t0 < seconds:
@@ -239,17 +243,18 @@ async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, An
                     address = f"10.3.{slot // 250}.{slot % 250 + 1}"
                     dev = f"e{slot % endpoints}"
                     verb = "del" if address in present else "add"
-                    proc.stdin.write(f"address {verb} {address}/16 dev {dev}\n")
+                    # /32: every address its own subnet, so no delete ever takes secondaries along
+                    proc.stdin.write(f"address {verb} {address}/32 dev {dev}\n")
                     (present.discard if verb == "del" else present.add)(address)
                     if verb == "add":
-                        sent[address] = time.monotonic()
+                        sent.append((address, time.monotonic()))
                     n += 1
                 proc.stdin.flush()
                 await asyncio.sleep(0.01)
             proc.stdin.close()
             proc.wait(120)
             finished = time.monotonic()
-            wanted = {f"{a}/32" for a in present} | {f"10.2.{i}.1/32" for i in range(endpoints)} | {"10.250.255.1/32"}
+            wanted = {f"{a}/32" for a in present} | {f"10.2.{i}.1/32" for i in range(endpoints)}
             deadline = time.monotonic() + 300
             while True:
                 held = {str(r.prefix) for r in await client.list_owned_paths(4)}
@@ -257,14 +262,16 @@ async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, An
                     break
                 await asyncio.sleep(0.1)
             settle = time.monotonic() - finished
+            rib_adds: dict[str, list[float]] = {}
+            for at, prefix, withdrawn in watch.seen:
+                if not withdrawn:
+                    rib_adds.setdefault(prefix, []).append(at)
             lags = []
-            first_add: dict[str, float] = {}
-            for t, p, w in watch.seen:
-                if not w:
-                    first_add.setdefault(p, t)
-            for address, at in sent.items():
-                if f"{address}/32" in first_add and first_add[f"{address}/32"] >= at:
-                    lags.append(first_add[f"{address}/32"] - at)
+            for address, at in sent:  # lag: from writing the add to the first RIB add of that prefix after it
+                times = rib_adds.get(f"{address}/32", [])
+                later = times[bisect.bisect_left(times, at):]
+                if later:
+                    lags.append(later[0] - at)
             await watch.stop()
     return {"rate_per_s": rate, "seconds": seconds, "changes": n, "achieved_rate": n / seconds,
             "missing": len(wanted - held), "stale": len(held - wanted), "settle_after_end_s": settle,
