@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -79,7 +80,7 @@ def main() -> None:
         result = asyncio.run(measure(daemon.target, args.paths))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result.update(date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=platform.node(),
-                  cpus=__import__("os").cpu_count(), commit=commit or "uncommitted")
+                  cpus=os.cpu_count(), commit=commit or "uncommitted")
     print(f"GoBGP API baseline, {args.paths} IPv4 /32s (gobgpd 3.10, {result['cpus']} cores)")
     print(f"  AddPath unary, sequential : {result['addpath_unary_paths_per_s']:9.0f} paths/s   "
           f"RTT p50 {result['addpath_rtt_p50_ms']:.2f} ms  p99 {result['addpath_rtt_p99_ms']:.2f} ms")

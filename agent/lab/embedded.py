@@ -85,10 +85,6 @@ def _namespaces() -> set[str]:
         return set()
 
 
-def _python() -> str:
-    return sys.executable
-
-
 class EmbeddedLab:
     def __init__(self, topology: Topology, prefix: str | None = None) -> None:
         self.topology = topology
@@ -175,7 +171,7 @@ class EmbeddedLab:
             hosts = f"{target},unix://{unix}"
             command = ["gobgpd", "-f", str(spec.binds[GOBGPD_CONF]), "--api-hosts", hosts, "--pprof-disable", "-r"]
         else:
-            command = [_python(), "-m", "agent.cli", "run", str(agent_conf)]
+            command = [sys.executable, "-m", "agent.cli", "run", str(agent_conf)]
         with (workdir / f"{what}.log").open("ab") as log:
             proc = subprocess.Popen([*enter(ns), *command], stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=Path(__file__).resolve().parents[2])
