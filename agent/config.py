@@ -158,7 +158,8 @@ class NetworkConfig(_Strict):
 
 
 class TimersConfig(_Strict):
-    settle: float = Field(default=0.02, ge=0, le=5, description="seconds a burst of events may coalesce")
+    settle: float = Field(default=0.02, ge=0, le=5, description="minimum seconds between passes: the first change "
+                          "after a quiet period is handled at once, later ones coalesce")
     full_reconcile: float = Field(default=30.0, gt=0, description="seconds between full re-reads of gobgpd")
     netns_rescan: float = Field(default=10.0, gt=0, description="seconds between namespace directory rescans")
 

@@ -1,9 +1,10 @@
 """The agent's main loop: wake-ups (netlink, timers, gobgpd events) -> snapshot -> reconcile.
 
-Level-triggered: every pass re-reads the whole endpoint snapshot, so event order never matters and a
-burst of events coalesces into one pass after a short settle window. The first pass waits for the
-complete initial dump of every namespace, so a restarting agent never mistakes "not looked yet" for
-"gone" and withdraws live paths.
+Level-triggered: every pass re-reads the whole endpoint snapshot, so event order never matters. The
+first change after a quiet period is handled at once; changes that arrive during a pass, or within the
+settle window after it, coalesce into the next one (a burst costs a pass per window, not per event).
+The first pass waits for the complete initial dump of every namespace, so a restarting agent never
+mistakes "not looked yet" for "gone" and withdraws live paths.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watchdog_due = False
+        self._last_pass_ended = float("-inf")
 
     @property
     def wake(self) -> asyncio.Event:
@@ -134,12 +136,14 @@ class Daemon:
             await self.wake.wait()
             if self._stop.is_set():
                 break
-            if self.config.timers.settle:
-                await asyncio.sleep(self.config.timers.settle)
+            quiet_for = time.monotonic() - self._last_pass_ended
+            if quiet_for < self.config.timers.settle:
+                await asyncio.sleep(self.config.timers.settle - quiet_for)
             self.wake.clear()
             first_event_at = self.discovery.first_change_at
             self.discovery.first_change_at = None
             ok = await self._pass()
+            self._last_pass_ended = time.monotonic()
             if self._watchdog_due:
                 self._watchdog_due = False
                 notify("WATCHDOG=1")

@@ -1,8 +1,9 @@
 """Endpoint discovery: netlink in the agent's own namespace and in every container namespace.
 
 Namespaces are found in the configured directories (inotify for speed, a periodic rescan as a safety
-net). Each namespace gets one netlink socket, opened inside it with setns(2) on a helper thread (no
-fork: the process also runs gRPC), subscribed to link and address events, then dumped. On any netlink
+net). Each namespace gets two netlink sockets (events and requests, see agent.rtnl), opened inside it
+with setns(2) on a helper thread (no fork: the process also runs gRPC); the first is subscribed to link
+and address events, then the namespace is dumped through the second. On any netlink
 error - ENOBUFS after an event burst included - the namespace is dumped again from scratch, so the view
 is never stale. ``snapshot()`` returns the complete, immutable set of endpoints; ``changed`` is set
 whenever it may differ from the last one (consumers clear it; bursts coalesce).
@@ -23,12 +24,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
-
-from .endpoints import OWN_NAMESPACE, Endpoint, NamespaceView, endpoints_in, uplink_ifindexes
+from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
+from .rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, RtnlSocket, changes
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +109,20 @@ class NamespaceWatcher:
         self._opener = opener
         self._rcvbuf = rcvbuf
         self._own_ns_fd = own_ns_fd
+        self._derived: tuple[NamespaceView, int, int | None, dict[int, str], tuple[Endpoint, ...]] | None = None
+
+    def endpoints(self, uplinks: dict[int, str]) -> tuple[Endpoint, ...]:
+        """The endpoints of this namespace, re-derived only when its view or the uplinks changed."""
+        view = self.view
+        if view is None:
+            return ()
+        derived = self._derived
+        if derived is not None and derived[0] is view and derived[1] == view.version \
+                and derived[2] == view.own_nsid and derived[3] == uplinks:
+            return derived[4]
+        found = tuple(endpoints_in(self.path or OWN_NAMESPACE, view, uplinks, own=self.path is None))
+        self._derived = (view, view.version, view.own_nsid, uplinks, found)
+        return found
 
     @property
     def label(self) -> str:
@@ -144,35 +156,29 @@ class NamespaceWatcher:
         self.synced.set()
 
     async def _session(self) -> None:
-        # Two sockets: pyroute2 files incoming messages by sequence number, and a kernel notification
-        # carries the sequence number of the request that caused it. On a socket that also sends requests,
-        # a change made by another program whose number matches one of ours would be filed as our reply and
-        # lost. The event socket never sends, so every message on it is an event.
-        events_sock = await self._open(self._rcvbuf)
-        events = AsyncIPRoute(fileno=events_sock.detach(), groups=GROUPS, rcvbuf=self._rcvbuf)
-        requests: AsyncIPRoute | None = None
+        # Two sockets: the event socket never sends, so every message on it is an event; replies to our
+        # requests arrive on the other one.
+        events = RtnlSocket(await self._open(self._rcvbuf))
+        requests: RtnlSocket | None = None
         try:
-            await events.bind(groups=GROUPS)  # subscribe before the dump, so no change falls in between
-            requests_sock = await self._open(1 << 20)
-            requests = AsyncIPRoute(fileno=requests_sock.detach())
+            events.subscribe(GROUPS)  # before the dump, so no change falls in between
+            requests = RtnlSocket(await self._open(1 << 20))
             view = NamespaceView()
-            async for msg in await requests.link("dump"):
-                view.apply("RTM_NEWLINK", msg)
-            async for msg in await requests.addr("dump"):
-                view.apply("RTM_NEWADDR", msg)
+            for change in [*await requests.dump_links(), *await requests.dump_addresses()]:
+                view.apply(change)
             view.own_nsid = await self._own_nsid(requests)
             self.view = view
             self._on_change()
             self.synced.set()
             while True:
-                async for msg in events.get():
-                    event = msg.get("event")
-                    view.apply(event, msg)
-                    if event == "RTM_NEWLINK" and msg.get_attr("IFLA_LINK_NETNSID") is not None \
-                            and _unsigned_nsid(msg.get_attr("IFLA_LINK_NETNSID")) != view.own_nsid:
-                        # A slave just moved in may be the first thing that gave our namespace an id here.
-                        view.own_nsid = await self._own_nsid(requests)
-                    self._on_change()
+                for datagram in await events.receive():
+                    for change in changes(datagram):
+                        view.apply(change)
+                        if isinstance(change, Link) and change.parent_nsid is not None \
+                                and _unsigned_nsid(change.parent_nsid) != view.own_nsid:
+                            # A slave just moved in may be the first thing that gave our namespace an id here.
+                            view.own_nsid = await self._own_nsid(requests)
+                self._on_change()
         finally:
             events.close()
             if requests is not None:
@@ -186,11 +192,10 @@ class NamespaceWatcher:
             future.add_done_callback(_close_result)
             raise
 
-    async def _own_nsid(self, ipr: Any) -> int | None:
+    async def _own_nsid(self, requests: RtnlSocket) -> int | None:
         if self.path is None:
             return None
-        reply = await ipr.get_netnsid(fd=self._own_ns_fd)
-        return _unsigned_nsid(reply["nsid"]) if reply else None
+        return _unsigned_nsid(await requests.nsid_of(self._own_ns_fd))
 
 
 def _describe(exc: BaseException) -> str:
@@ -236,11 +241,10 @@ class Discovery:
         if own_view is None:
             return ()
         uplinks = uplink_ifindexes(own_view.links.values(), self.uplinks)
-        found = endpoints_in(OWN_NAMESPACE, own_view, uplinks, own=True)
-        for watcher, _ in self._watchers.values():
-            if watcher.view is not None and watcher.path is not None:
-                found.extend(endpoints_in(watcher.path, watcher.view, uplinks, own=False))
-        return tuple(sorted(found, key=lambda e: e.key))
+        found = list(self._own.endpoints(uplinks))
+        for watcher in sorted((w for w, _ in self._watchers.values()), key=lambda w: w.path or ""):
+            found.extend(watcher.endpoints(uplinks))
+        return tuple(found)  # ordered by Endpoint.key: the own namespace ("") first, then by path and ifindex
 
     def _note_change(self) -> None:
         if self.first_change_at is None:
