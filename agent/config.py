@@ -160,7 +160,10 @@ class NetworkConfig(_Strict):
 class TimersConfig(_Strict):
     settle: float = Field(default=0.02, ge=0, le=5, description="minimum seconds between passes: the first change "
                           "after a quiet period is handled at once, later ones coalesce")
-    full_reconcile: float = Field(default=30.0, gt=0, description="seconds between full re-reads of gobgpd")
+    full_reconcile: float = Field(default=300.0, gt=0, description="seconds between unconditional full re-reads "
+                                  "of gobgpd (they repair any drift)")
+    rib_check: float = Field(default=30.0, gt=0, description="seconds between cheap checks of gobgpd's path "
+                             "counts; a change the agent did not make triggers a full re-read at once")
     netns_rescan: float = Field(default=10.0, gt=0, description="seconds between namespace directory rescans")
 
 

@@ -220,8 +220,20 @@ class Daemon:
                 log.info("BGP peer %s", event.detail)
 
     async def _full_reconcile_timer(self) -> None:
+        """A full re-read of gobgpd every ``full_reconcile``; between them, every ``rib_check``, a cheap
+        look at its path counts, and a full re-read at once if they moved (listing 10,000 paths costs
+        seconds of CPU; counting them costs two small RPCs)."""
+        last_full = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.timers.full_reconcile)
+            timers = self.config.timers
+            await asyncio.sleep(min(timers.rib_check, timers.full_reconcile))
+            if time.monotonic() - last_full < self.config.timers.full_reconcile:
+                try:
+                    if not await self.reconciler.table_moved():
+                        continue
+                except GobgpError as exc:
+                    log.debug("rib check: %s", exc)  # the full re-read below reports it, and retries
+            last_full = time.monotonic()
             self.reconciler.invalidate()
             self.wake.set()
 

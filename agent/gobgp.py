@@ -289,6 +289,13 @@ class GobgpClient:
             path.is_withdraw = True
         await self._stream(paths)
 
+    async def path_count(self, version: int) -> int:
+        """How many paths the global table holds for the family (anyone's): one cheap GetTable."""
+        request = api.GetTableRequest(table_type=api.GLOBAL, family=_FAMILIES[version])
+        with _mapped("GetTable"):
+            reply = await self._stub.GetTable(request, timeout=self.rpc_timeout)
+        return int(reply.num_path)
+
     async def list_paths(self, version: int) -> list[Route]:
         """Every locally originated path of the family (ours and anyone else's), sorted by prefix."""
         request = api.ListPathRequest(table_type=api.GLOBAL, family=_FAMILIES[version])

@@ -2,8 +2,9 @@
 
 ``actual`` is what gobgpd holds under our ownership community. It is re-read from gobgpd when
 unknown: at start (adopting what a previous run left, so live paths are never withdrawn and re-added),
-after gobgpd restarts, on the periodic full reconcile, and after any failed apply (a broken
-AddPathStream may have applied part of a batch, so only a fresh read tells the truth).
+after gobgpd restarts, on the periodic full reconcile or when the cheap check between two of them sees
+the table move, and after any failed apply (a broken AddPathStream may have applied part of a batch,
+so only a fresh read tells the truth).
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ class ReconcileStats:
     refused_cap: set[IPNetwork] = field(default_factory=set)
 
 
+LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; each route then goes to debug
+
+
+def _log_routes(verb: str, routes: tuple[Route, ...], desired: Desired) -> None:
+    level = logging.INFO if len(routes) <= LOG_EACH_UP_TO else logging.DEBUG
+    if len(routes) > LOG_EACH_UP_TO:
+        log.info("%s %d path(s): %s ... %s", verb, len(routes), routes[0].prefix, routes[-1].prefix)
+    if log.isEnabledFor(level):
+        for route in routes:
+            sources = desired.sources.get(route.prefix, ())
+            log.log(level, "%s %s%s", verb, route.prefix, f" ({', '.join(sources)})" if sources else "")
+
+
 class Reconciler:
     def __init__(self, client: GobgpClient, config: AgentConfig) -> None:
         self.client = client
@@ -42,6 +56,19 @@ class Reconciler:
         self.actual: dict[IPNetwork, Route] | None = None  # None: unknown, read it before the next plan
         self.desired: Desired | None = None
         self.stats = ReconcileStats()
+        self._last_check: tuple[int, int, int, int] | None = None
+
+    async def table_moved(self) -> bool:
+        """Cheap drift check: did gobgpd's path counts change since the last check, or did we send anything?
+
+        False means a full re-read would almost certainly find nothing to repair. (A path of ours deleted
+        while someone else's was added in the same interval keeps the counts: the periodic full re-read
+        still catches that.)"""
+        now = (await self.client.path_count(4), await self.client.path_count(6), self.stats.added,
+               self.stats.withdrawn)
+        moved = now != self._last_check
+        self._last_check = now
+        return moved
 
     def invalidate(self) -> None:
         """Forget what gobgpd holds; the next pass re-reads it."""
@@ -83,12 +110,12 @@ class Reconciler:
             await self.client.delete_paths(p.withdraw)
             for route in p.withdraw:
                 actual.pop(route.prefix, None)
-                log.info("withdrew %s", route.prefix)
+            _log_routes("withdrew", p.withdraw, desired)
         if p.add:
             await self.client.add_paths(p.add)
             for route in p.add:
                 actual[route.prefix] = route
-                log.info("advertised %s (%s)", route.prefix, ", ".join(desired.sources.get(route.prefix, ())))
+            _log_routes("advertised", p.add, desired)
 
     def _report_refusals(self, desired: Desired, p: Plan) -> None:
         for prefix, sources in desired.outside.items():

@@ -122,3 +122,21 @@ async def test_second_pass_sends_nothing(gobgpd: Gobgpd, client: GobgpClient, tm
         assert plan.empty
         daemon.reconciler.invalidate()  # a full re-read of gobgpd agrees too
         assert (await daemon.reconciler.reconcile(daemon.discovery.snapshot())).empty
+
+
+async def test_rib_check_repairs_a_path_deleted_behind_our_back_without_rereading_when_idle(
+        gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
+    config = agent_config(gobgpd, tmp_path, timers={"full_reconcile": 3600.0, "rib_check": 0.1})
+    async with running(config) as daemon:
+        stats = daemon.reconciler.stats
+        await eventually(lambda: stats.full_reads >= 2, what="the first check (no baseline yet) re-reads once")
+        reads = stats.full_reads
+        await asyncio.sleep(1.0)  # the observation window itself: ~10 checks of an idle table
+        assert stats.full_reads == reads, f"idle checks re-read gobgpd {stats.full_reads - reads} time(s)"
+        gobgpd.cli("global", "rib", "del", "-a", "ipv4", "10.1.100.0/24")
+        await eventually(lambda: stats.full_reads > reads, timeout=5, what="the moved count triggers a re-read")
+
+        async def repaired() -> bool:
+            return "10.1.100.0/24" in await owned_prefixes(client)
+
+        await eventually(repaired, timeout=5, what="the deleted aggregate advertised again")
