@@ -43,6 +43,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check agent tests bench proto
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict bench/*.py
 
 demo: setup
 	$(PY) -m agent.lab.demo
@@ -51,7 +52,7 @@ demo: setup
 # VM where this kernel has none). Figures are printed; JSON and a PNG land in bench/results/.
 BENCH_ARGS ?=
 bench: setup
-	$(PY) -m pip install -q 'matplotlib>=3.8,<4'
+	$(PY) -m pip install -q 'matplotlib>=3.8,<4' 'py-spy>=0.3'
 	$(PY) bench/gobgp_baseline.py
 	$(PY) bench/agent_bench.py $(BENCH_ARGS)
 

@@ -15,19 +15,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import cProfile
+import io
 import ipaddress
 import json
 import os
 import platform
-import resource
+import pstats
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from agent.config import AgentConfig, parse_config  # noqa: E402
 from agent.daemon import running  # noqa: E402
 from agent.gobgp import GobgpClient, path_to_route  # noqa: E402
 from agent.gobgpapi import gobgp_pb2 as api  # noqa: E402
-from agent.lab.containers import add_ipvlan, ifindex, netlink_in  # noqa: E402
+from agent.lab.containers import add_ipvlan, ifindex, netlink_in, populate  # noqa: E402
 from agent.lab.gobgpd import Gobgpd, global_config  # noqa: E402
 from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 from agent.model import Attributes, LargeCommunity, Route  # noqa: E402
@@ -137,6 +140,22 @@ async def testbed(name: str) -> AsyncIterator[tuple[Gobgpd, Any, str, Path]]:
         host.close()
 
 
+async def api_to_rib_watch(client: GobgpClient, watch: RibWatch, n: int) -> list[float]:
+    """The same observation point as the agent's figure, without the agent: AddPath -> WatchEvent."""
+    attrs = Attributes(large_communities=(OWNER,))
+    samples = []
+    for i in range(n):
+        route = Route(ipaddress.ip_network(f"10.251.{i // 256}.{i % 256}/32"), None, attrs)
+        mark = len(watch.seen)
+        t0 = time.monotonic()
+        await client.add_paths([route])
+        samples.append(await watch.wait(str(route.prefix), False, mark) - t0)
+        mark = len(watch.seen)
+        await client.delete_paths([route])
+        await watch.wait(str(route.prefix), True, mark)
+    return samples
+
+
 async def bare_addpath_rtt(client: GobgpClient, n: int) -> list[float]:
     attrs = Attributes(large_communities=(OWNER,))
     samples = []
@@ -154,13 +173,17 @@ async def bench_latency(events: int) -> dict[str, Any]:
             GobgpClient(gobgpd.target, OWNER) as client:
         await client.connect()
         baseline = await bare_addpath_rtt(client, min(events, 500))
+        watch = await RibWatch(gobgpd.target).start()
+        rib_floor = await api_to_rib_watch(client, watch, min(events, 200))
+        await watch.stop()
         ns = create_netns(netns_dir / "c1")
         await add_ipvlan(host, uplink, ns, addresses=["10.1.0.2/16"])
         async with running(agent_config(gobgpd.target, uplink, netns_dir)):
             watch = await RibWatch(gobgpd.target).start()
             inside = await netlink_in(ns)
             index = await ifindex(inside, "eth0")
-            adds, dels = [], []
+            adds: list[float] = []
+            dels: list[float] = []
             for i in range(events):
                 address = str(ipaddress.ip_address("10.1.1.0") + i)
                 for verb, withdraw, sink in (("add", False, adds), ("del", True, dels)):
@@ -171,13 +194,17 @@ async def bench_latency(events: int) -> dict[str, Any]:
                 await asyncio.sleep(0.005)  # a modest rate, not a burst
             inside.close()
             await watch.stop()
-    result = {"baseline_addpath": summary(baseline), "advertise": summary(adds), "withdraw": summary(dels)}
-    result["ratio_p50"] = result["advertise"]["p50_ms"] / result["baseline_addpath"]["p50_ms"]
-    result["_samples"] = {"baseline": baseline, "advertise": adds, "withdraw": dels}
+    result: dict[str, Any] = {"baseline_addpath": summary(baseline), "baseline_api_to_rib_watch": summary(rib_floor),
+              "advertise": summary(adds), "withdraw": summary(dels)}
+    advertise_p50 = result["advertise"]["p50_ms"]
+    result["ratio_p50"] = advertise_p50 / result["baseline_addpath"]["p50_ms"]
+    result["ratio_p50_vs_api_to_rib_watch"] = advertise_p50 / result["baseline_api_to_rib_watch"]["p50_ms"]
+    result["_samples"] = {"bare AddPath": baseline, "AddPath -> RIB watch": rib_floor, "advertise": adds,
+                          "withdraw": dels}
     return result
 
 
-async def bench_scale(count: int) -> dict[str, Any]:
+async def bench_scale(count: int, profile: bool = False) -> dict[str, Any]:
     per_ns = 100
     async with testbed("scale") as (gobgpd, _host, uplink, netns_dir), \
             GobgpClient(gobgpd.target, OWNER) as client:
@@ -192,46 +219,82 @@ async def bench_scale(count: int) -> dict[str, Any]:
         created = time.monotonic()
         populate(uplink, netns_dir, [f"{ipaddress.ip_address('10.64.0.0') + i}/10" for i in range(count)], per_ns)
         created = time.monotonic() - created
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        profiler = cProfile.Profile() if profile else None
         t0 = time.monotonic()
-        async with running(agent_config(gobgpd.target, uplink, netns_dir), 600) as daemon:
+        if profiler:
+            profiler.enable()
+        config = agent_config(gobgpd.target, uplink, netns_dir, on_shutdown="withdraw")
+        async with running(config, 600) as daemon:
             to_full = time.monotonic() - t0
+            if profiler:
+                profiler.disable()
             held = len(daemon.reconciler.actual or {})
-            rss = _rss_kib()
-    return {"endpoints": count, "created_s": created, "bare_stream_s": bare, "agent_start_to_all_s": to_full,
-            "paths_in_gobgpd": held, "ratio": to_full / bare, "rss_mb": rss / 1024,
-            "process_rss_before_agent_mb": rss_before / 1024,
-            "note": "agent ran in the benchmark process; RSS includes the benchmark's own objects"}
+        # Again as its own process (`ipvlan-bgp run`), for the agent's own memory and a start that includes
+        # the interpreter and imports; done is when gobgpd's table holds every path.
+        assert await client.path_count(4) == 0, "the in-process agent should have withdrawn its paths"
+        with agent_process(gobgpd.target, uplink, netns_dir, "scale") as proc:
+            t0 = time.monotonic()
+            deadline = t0 + 600
+            while await client.path_count(4) < count:
+                assert time.monotonic() < deadline and proc.poll() is None, "agent process never got every path out"
+                await asyncio.sleep(0.05)
+            exec_to_all = time.monotonic() - t0
+            memory = _memory_kib(proc.pid)
+    extra = {"profile_top_cumulative": _top(profiler)} if profiler else {}
+    return {**extra, "endpoints": count, "created_s": created, "bare_stream_s": bare, "agent_start_to_all_s": to_full,
+            "paths_in_gobgpd": held, "ratio": to_full / bare, "process_exec_to_all_s": exec_to_all,
+            "process_ratio": exec_to_all / bare, "rss_mb": memory["VmRSS"] / 1024,
+            "peak_rss_mb": memory["VmHWM"] / 1024,
+            "note": "ratio: agent started inside the benchmark's process (imports done); process_*: `ipvlan-bgp "
+                    "run` from exec, including interpreter start and imports; RSS of that process"}
 
 
-def populate(uplink: str, netns_dir: Path, addresses: list[str], per_ns: int, prefix: str = "c") -> list[Path]:
-    """``len(addresses)`` ipvlan L3 endpoints of ``uplink``, ``per_ns`` to a namespace, each up with one address.
-
-    Batched through `ip -batch` (one process per namespace for the addresses): in the emulated VM a netlink
-    request from Python costs milliseconds, and 10,000 endpoints one at a time took over 20 minutes.
-    Slaves are created straight inside their namespace (IFLA_NET_NS_FD); their parent stays here.
-    """
-    namespaces = []
-    links: list[str] = []
-    for n in range(0, len(addresses), per_ns):
-        ns = create_netns(netns_dir / f"{prefix}{n // per_ns}")
-        namespaces.append(ns)
-        links += [f"link add link {uplink} name e{i} netns {ns} type ipvlan mode l3"
-                  for i in range(min(per_ns, len(addresses) - n))]
-    subprocess.run(["ip", "-batch", "-"], input="\n".join(links) + "\n", text=True, check=True)
-    for k, ns in enumerate(namespaces):
-        chunk = addresses[k * per_ns:(k + 1) * per_ns]
-        lines = [f"address add {a} dev e{i}\nlink set e{i} up" for i, a in enumerate(chunk)]
-        subprocess.run(["nsenter", f"--net={ns}", "ip", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
-                       check=True)
-    return namespaces
+@contextmanager
+def agent_process(target: str, uplink: str, netns_dir: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m agent.cli run` on a TOML config like ``agent_config``'s; its log in ``<name>.log``."""
+    config = netns_dir.parent / f"{name}.toml"
+    config.write_text(
+        f'uplinks = ["{uplink}"]\nownership_community = "{OWNER}"\nnetns_dirs = ["{netns_dir}"]\n'
+        f'max_prefixes = 200000\n[gobgp]\ntarget = "{target}"\n[status]\nsocket = "{netns_dir.parent / name}.sock"\n'
+        '[metrics]\nlisten = ""\n[[networks]]\nprefix = "10.0.0.0/8"\nadvertise = "host"\n')
+    with (netns_dir.parent / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def _memory_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def _top(profiler: cProfile.Profile, n: int = 25) -> list[str]:
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(n)
+    return [line for line in out.getvalue().splitlines() if line.strip()][-n:]
+
+
+def _py_spy_top(raw: Path, n: int = 15) -> list[str]:
+    """Leaf functions by share of samples, from py-spy's collapsed ("raw") output."""
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.split(";")[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    ranked = sorted(leaves.items(), key=lambda kv: -kv[1])[:n]
+    return [f"{100 * c / total:5.1f}% {leaf}" for leaf, c in ranked] if total else []
 
 
 async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, Any]:
@@ -291,31 +354,30 @@ async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, An
             "lag": summary(lags) if lags else None}
 
 
-async def bench_idle(endpoints: int, seconds: float) -> dict[str, Any]:
+async def bench_idle(endpoints: int, seconds: float, profile: bool = False) -> dict[str, Any]:
     async with testbed("idle") as (gobgpd, _host, uplink, netns_dir):
         populate(uplink, netns_dir, [f"10.4.{i // 250}.{i % 250 + 1}/16" for i in range(endpoints)], 100)
-        config = netns_dir.parent / "agent.toml"
-        config.write_text(
-            f'uplinks = ["{uplink}"]\nownership_community = "{OWNER}"\nnetns_dirs = ["{netns_dir}"]\n'
-            f'[gobgp]\ntarget = "{gobgpd.target}"\n[status]\nsocket = "{netns_dir.parent / "idle.sock"}"\n'
-            '[metrics]\nlisten = ""\n[[networks]]\nprefix = "10.0.0.0/8"\nadvertise = "host"\n')
-        log = (netns_dir.parent / "agent.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=REPO)
-        try:
+        with agent_process(gobgpd.target, uplink, netns_dir, "idle") as proc:
             deadline = time.monotonic() + 600
-            while b"in sync with gobgpd" not in (netns_dir.parent / "agent.log").read_bytes():
+            while b"in sync with gobgpd" not in (netns_dir.parent / "idle.log").read_bytes():
                 assert time.monotonic() < deadline and proc.poll() is None
                 await asyncio.sleep(0.2)
             before = _cpu_seconds(proc.pid)
             await asyncio.sleep(seconds)  # the measurement window itself
             used = _cpu_seconds(proc.pid) - before
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            log.close()
+            profiled: dict[str, Any] = {}
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            if profile and Path(spy).exists():  # a second window, so sampling cannot inflate the figure above
+                raw = netns_dir.parent / "idle-py-spy.txt"
+                subprocess.run([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", "-o", str(raw),
+                                "-d", str(int(seconds)), "-p", str(proc.pid)], check=False, capture_output=True)
+                profiled = {"py_spy_top_leaves": _py_spy_top(raw)} if raw.exists() else {}
     return {"endpoints": endpoints, "seconds": seconds, "cpu_seconds": used, "cpu_percent": 100 * used / seconds,
-            "note": "includes one full reconcile (timers.full_reconcile = 30 s) per 30 s"}
+            "note": "default timers: a path-count check every 30 s (timers.rib_check)", **profiled}
+
+
+TOR_TIMERS = ("FRR datacenter defaults (keepalive 3 / hold 9, no MRAI on eBGP in datacenter profile); gobgpd "
+              "sends updates immediately; agent settle 20 ms (the first change after quiet goes at once)")
 
 
 async def bench_tor(samples: int) -> dict[str, Any]:
@@ -358,9 +420,8 @@ async def bench_tor(samples: int) -> dict[str, Any]:
         await fib.stop()
     finally:
         lab.down()
-    result = {"floor_api_to_fib": summary(floor), "agent_event_to_fib": summary(agent),
-              "timers": "FRR datacenter defaults (keepalive 3 / hold 9, no MRAI on eBGP in datacenter profile); "
-                        "gobgpd sends updates immediately; agent settle 20 ms"}
+    result: dict[str, Any] = {"floor_api_to_fib": summary(floor), "agent_event_to_fib": summary(agent),
+              "timers": TOR_TIMERS}
     result["p50_over_floor_ms"] = result["agent_event_to_fib"]["p50_ms"] - result["floor_api_to_fib"]["p50_ms"]
     return result
 
@@ -403,11 +464,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         elif name == "tor":
             result[name] = await bench_tor(args.tor_samples)
         elif name == "scale":
-            result[name] = await bench_scale(args.scale)
+            result[name] = await bench_scale(args.scale, args.profile)
         elif name == "churn":
             result[name] = await bench_churn(args.churn_rate, args.churn_seconds, 100)
         elif name == "idle":
-            result[name] = await bench_idle(1000, args.idle_seconds)
+            result[name] = await bench_idle(1000, args.idle_seconds, args.profile)
         printable = {k: v for k, v in result[name].items() if not k.startswith("_")}
         print(f"[{name}] {time.monotonic() - started:.0f} s: {json.dumps(printable)}", flush=True)
     return result
@@ -422,6 +483,8 @@ def main() -> int:
     parser.add_argument("--churn-rate", type=int, default=1000)
     parser.add_argument("--churn-seconds", type=float, default=60.0)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the scale start (that figure is then inflated); py-spy the idle agent")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--here", action="store_true", help="run on this kernel (it must have ipvlan)")
     args = parser.parse_args()

@@ -13,7 +13,7 @@ from pyroute2 import AsyncIPRoute
 
 from agent.discovery import Discovery
 from agent.endpoints import Endpoint, IpvlanMode
-from agent.lab.containers import add_container, add_ipvlan, ifindex, netlink_in
+from agent.lab.containers import add_container, ifindex, netlink_in, populate
 from agent.lab.netns import create_netns, delete_netns, run_in
 
 from .conftest import eventually, unique
@@ -143,15 +143,8 @@ async def test_thousand_endpoints(host: AsyncIPRoute, uplink: str, netns_dir: Pa
                                   discovery_factory: Callable[..., Discovery]) -> None:
     namespaces, per_ns = 50, 20
     created = time.monotonic()
-    for n in range(namespaces):
-        ns = create_netns(netns_dir / f"c{n}")
-        inside = await netlink_in(ns)
-        try:
-            for i in range(per_ns):
-                address = f"10.{100 + n // 250}.{n % 250}.{i + 2}/16"
-                await add_ipvlan(host, uplink, ns, ifname=f"eth{i}", addresses=[address], inside=inside)
-        finally:
-            inside.close()
+    populate(uplink, netns_dir, [f"10.{100 + n // 250}.{n % 250}.{i + 2}/16" for n in range(namespaces)
+                                 for i in range(per_ns)], per_ns, ifname="eth")
     created = time.monotonic() - created
     started = time.monotonic()
     d = discovery_factory([uplink], netns_dir)
