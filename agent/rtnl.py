@@ -168,18 +168,18 @@ class RtnlSocket:
     def close(self) -> None:
         self.sock.close()
 
-    async def receive(self) -> list[memoryview]:
+    async def receive(self) -> list[bytes]:
         """Wait for one datagram, then take every other one already queued (a burst becomes one batch).
 
         Raises OSError (ENOBUFS when the kernel had to drop events)."""
         n = await self._loop.sock_recv_into(self.sock, self._buffer)
-        batch = [memoryview(bytes(self._buffer[:n]))]
+        batch = [bytes(memoryview(self._buffer)[:n])]
         while True:
             try:
                 n = self.sock.recv_into(self._buffer)
             except BlockingIOError:
                 return batch
-            batch.append(memoryview(bytes(self._buffer[:n])))
+            batch.append(bytes(memoryview(self._buffer)[:n]))
 
     async def dump(self, kind: int, body: bytes) -> list[Change]:
         """Every link (RTM_GETLINK) or address (RTM_GETADDR) of the namespace."""

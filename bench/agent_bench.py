@@ -41,7 +41,7 @@ from agent.config import AgentConfig, parse_config  # noqa: E402
 from agent.daemon import running  # noqa: E402
 from agent.gobgp import GobgpClient, path_to_route  # noqa: E402
 from agent.gobgpapi import gobgp_pb2 as api  # noqa: E402
-from agent.lab.containers import add_ipvlan, ifindex, netlink_in, populate  # noqa: E402
+from agent.lab.containers import IpBatch, add_ipvlan, ifindex, netlink_in, populate  # noqa: E402
 from agent.lab.gobgpd import Gobgpd, global_config  # noqa: E402
 from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 from agent.model import Attributes, LargeCommunity, Route  # noqa: E402
@@ -180,19 +180,17 @@ async def bench_latency(events: int) -> dict[str, Any]:
         await add_ipvlan(host, uplink, ns, addresses=["10.1.0.2/16"])
         async with running(agent_config(gobgpd.target, uplink, netns_dir)):
             watch = await RibWatch(gobgpd.target).start()
-            inside = await netlink_in(ns)
-            index = await ifindex(inside, "eth0")
             adds: list[float] = []
             dels: list[float] = []
-            for i in range(events):
-                address = str(ipaddress.ip_address("10.1.1.0") + i)
-                for verb, withdraw, sink in (("add", False, adds), ("del", True, dels)):
-                    mark = len(watch.seen)
-                    t0 = time.monotonic()
-                    await inside.addr(verb, index=index, address=address, prefixlen=16)
-                    sink.append(await watch.wait(f"{address}/32", withdraw, mark) - t0)
-                await asyncio.sleep(0.005)  # a modest rate, not a burst
-            inside.close()
+            with IpBatch(ns) as ip:  # the change comes from another program, as Docker's does
+                for i in range(events):
+                    address = str(ipaddress.ip_address("10.1.1.0") + i)
+                    for verb, withdraw, sink in (("add", False, adds), ("del", True, dels)):
+                        mark = len(watch.seen)
+                        t0 = time.monotonic()
+                        ip.send(f"address {verb} {address}/16 dev eth0")
+                        sink.append(await watch.wait(f"{address}/32", withdraw, mark) - t0)
+                    await asyncio.sleep(0.005)  # a modest rate, not a burst
             await watch.stop()
     result: dict[str, Any] = {"baseline_addpath": summary(baseline), "baseline_api_to_rib_watch": summary(rib_floor),
               "advertise": summary(adds), "withdraw": summary(dels)}
@@ -304,31 +302,28 @@ async def bench_churn(rate: int, seconds: float, endpoints: int) -> dict[str, An
         (ns,) = populate(uplink, netns_dir, [f"10.2.{i}.1/16" for i in range(endpoints)], endpoints)
         async with running(agent_config(gobgpd.target, uplink, netns_dir)):
             watch = await RibWatch(gobgpd.target).start()
-            # `ip -batch -` applies changes as fast as it reads them; we pace the lines.
-            proc = subprocess.Popen(["nsenter", f"--net={ns}", "ip", "-force", "-batch", "-"], stdin=subprocess.PIPE,
-                                    text=True)
-            assert proc.stdin is not None
+            ip = IpBatch(ns)  # applies changes as fast as it reads them; we pace the lines
             present: set[str] = set()
             sent: list[tuple[str, float]] = []  # (address, when its add was written)
             t0 = time.monotonic()
             n = 0
             while time.monotonic() - t0 < seconds:
                 due = int((time.monotonic() - t0) * rate)
+                lines = []
                 while n < due:
                     slot = n % 2000
                     address = f"10.3.{slot // 250}.{slot % 250 + 1}"
                     dev = f"e{slot % endpoints}"
                     verb = "del" if address in present else "add"
                     # /32: every address its own subnet, so no delete ever takes secondaries along
-                    proc.stdin.write(f"address {verb} {address}/32 dev {dev}\n")
+                    lines.append(f"address {verb} {address}/32 dev {dev}")
                     (present.discard if verb == "del" else present.add)(address)
                     if verb == "add":
                         sent.append((address, time.monotonic()))
                     n += 1
-                proc.stdin.flush()
-                await asyncio.sleep(0.01)
-            proc.stdin.close()
-            proc.wait(120)
+                ip.send(*lines)
+                await asyncio.sleep(0.01)  # the pacing tick
+            ip.close()
             finished = time.monotonic()
             wanted = {f"{a}/32" for a in present} | {f"10.2.{i}.1/32" for i in range(endpoints)}
             deadline = time.monotonic() + 300
@@ -407,16 +402,14 @@ async def bench_tor(samples: int) -> dict[str, Any]:
                 floor.append(await fib.wait_for(prefix) - t0)
                 await client.delete_paths([route])
                 await fib.wait_for(prefix, present=False)
-        inside = await netlink_in(NETNS_DIR / "h1c1")
-        index = await ifindex(inside, "h1c1")
-        for i in range(samples):
-            address = f"10.1.100.{50 + i % 50}"
-            t0 = time.monotonic()
-            await inside.addr("add", index=index, address=address, prefixlen=24)
-            agent.append(await fib.wait_for(f"{address}/32") - t0)
-            await inside.addr("del", index=index, address=address, prefixlen=24)
-            await fib.wait_for(f"{address}/32", present=False)
-        inside.close()
+        with IpBatch(NETNS_DIR / "h1c1") as ip:
+            for i in range(samples):
+                address = f"10.1.100.{50 + i % 50}"
+                t0 = time.monotonic()
+                ip.send(f"address add {address}/24 dev h1c1")
+                agent.append(await fib.wait_for(f"{address}/32") - t0)
+                ip.send(f"address del {address}/24 dev h1c1")
+                await fib.wait_for(f"{address}/32", present=False)
         await fib.stop()
     finally:
         lab.down()
