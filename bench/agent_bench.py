@@ -446,7 +446,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
-async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+def save(result: dict[str, Any], path: Path) -> None:
+    clean = {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
+             for k, v in result.items()}
+    path.write_text(json.dumps(clean, indent=2) + "\n")
+
+
+async def run_all(args: argparse.Namespace, json_path: Path) -> dict[str, Any]:
+    """Every selected scenario; the JSON is rewritten after each, so a failure keeps what was measured."""
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "kernel": platform.release(), "cpus": os.cpu_count()}
     for name in args.only or ["latency", "tor", "scale", "churn", "idle"]:
@@ -464,6 +471,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             result[name] = await bench_idle(1000, args.idle_seconds, args.profile)
         printable = {k: v for k, v in result[name].items() if not k.startswith("_")}
         print(f"[{name}] {time.monotonic() - started:.0f} s: {json.dumps(printable)}", flush=True)
+        save(result, json_path)
     return result
 
 
@@ -493,13 +501,10 @@ def main() -> int:
         for produced in outdir.glob("agent-*"):
             (RESULTS / produced.name).write_bytes(produced.read_bytes())
         return rc
-    result = asyncio.run(run_all(args))
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    clean = {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
-             for k, v in result.items()}
-    (out / f"agent-{stamp}.json").write_text(json.dumps(clean, indent=2) + "\n")
+    result = asyncio.run(run_all(args, out / f"agent-{stamp}.json"))
     plot(result, out / f"agent-{stamp}.png")
     print(f"results: {out / f'agent-{stamp}.json'}")
     return 0

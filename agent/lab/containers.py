@@ -87,7 +87,8 @@ def populate(parent: str, netns_dir: Path, addresses: Sequence[str], per_namespa
         namespaces.append(ns)
         links += [f"link add link {parent} name {ifname}{i} netns {ns} type ipvlan mode {mode.name.lower()}"
                   for i in range(min(per_namespace, len(addresses) - start))]
-    _ip_batch(None, links)
+    for start in range(0, len(links), 500):  # `ip` keeps each `netns` fd open: stay under RLIMIT_NOFILE
+        _ip_batch(None, links[start:start + 500])
     for k, ns in enumerate(namespaces):
         chunk = addresses[k * per_namespace:(k + 1) * per_namespace]
         _ip_batch(ns, [f"address add {a} dev {ifname}{i}\nlink set {ifname}{i} up" for i, a in enumerate(chunk)])
