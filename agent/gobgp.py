@@ -272,8 +272,9 @@ class GobgpClient:
             for start in range(0, len(paths), STREAM_BATCH):
                 yield api.AddPathStreamRequest(paths=paths[start:start + STREAM_BATCH])
 
-        with _mapped("AddPathStream"):
-            await self._stub.AddPathStream(requests(), timeout=self.rpc_timeout)
+        batches = -(-len(paths) // STREAM_BATCH)
+        with _mapped("AddPathStream"):  # rpc_timeout per batch: a large table takes long, and that is fine
+            await self._stub.AddPathStream(requests(), timeout=self.rpc_timeout * batches)
 
     async def delete_paths(self, routes: Sequence[Route]) -> None:
         """Withdraw paths, each by its explicit path (never an empty DeletePath, which wipes them all)."""
@@ -300,14 +301,23 @@ class GobgpClient:
         """Every locally originated path of the family (ours and anyone else's), sorted by prefix."""
         request = api.ListPathRequest(table_type=api.GLOBAL, family=_FAMILIES[version])
         routes: list[Route] = []
+        # No overall deadline (10,000 paths took >30 s in the emulated VM, and a deadline there made every
+        # retry fail the same way); instead each reply must come within rpc_timeout of the previous one.
+        call = self._stub.ListPath(request)
         with _mapped("ListPath"):
-            async for reply in self._stub.ListPath(request, timeout=self.rpc_timeout):
-                for path in reply.destination.paths:
-                    if path.neighbor_ip and path.neighbor_ip not in ("<nil>", "0.0.0.0", "::"):
-                        continue  # learned from a peer, not added through the API
-                    route = path_to_route(path)
-                    if route is not None:
-                        routes.append(route)
+            try:
+                # read() returns grpc.aio.EOF (not in the type stubs) after the last reply
+                while isinstance(reply := await asyncio.wait_for(call.read(), self.rpc_timeout),
+                                 api.ListPathResponse):
+                    for path in reply.destination.paths:
+                        if path.neighbor_ip and path.neighbor_ip not in ("<nil>", "0.0.0.0", "::"):
+                            continue  # learned from a peer, not added through the API
+                        route = path_to_route(path)
+                        if route is not None:
+                            routes.append(route)
+            except TimeoutError:
+                call.cancel()
+                raise GobgpUnavailable(f"gobgpd ListPath: no reply for {self.rpc_timeout:g} s") from None
         routes.sort(key=lambda r: r.sort_key)
         return routes
 

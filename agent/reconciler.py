@@ -56,27 +56,37 @@ class Reconciler:
         self.actual: dict[IPNetwork, Route] | None = None  # None: unknown, read it before the next plan
         self.desired: Desired | None = None
         self.stats = ReconcileStats()
-        self._last_check: tuple[int, int, int, int] | None = None
+        # gobgpd's path count per family as implied by our last full read and our own changes since.
+        self._expected_counts: dict[int, int] | None = None
 
     async def table_moved(self) -> bool:
-        """Cheap drift check: did gobgpd's path counts change since the last check, or did we send anything?
+        """Cheap drift check, two GetTable calls: do gobgpd's path counts differ from what our last full read
+        plus our own changes since imply? True also when that is unknown.
 
-        False means a full re-read would almost certainly find nothing to repair. (A path of ours deleted
-        while someone else's was added in the same interval keeps the counts: the periodic full re-read
-        still catches that.)"""
-        now = (await self.client.path_count(4), await self.client.path_count(6), self.stats.added,
-               self.stats.withdrawn)
-        moved = now != self._last_check
-        self._last_check = now
-        return moved
+        Anyone's paths count, so a change by another API user or a peer also reads as a move (the cost is a
+        full re-read); a deletion of ours hidden by someone else's addition in the same interval is left to
+        the periodic full re-read."""
+        if self._expected_counts is None or self.actual is None:
+            return True
+        return await self._path_counts() != self._expected_counts
+
+    async def _path_counts(self) -> dict[int, int]:
+        return {4: await self.client.path_count(4), 6: await self.client.path_count(6)}
+
+    def _counted(self, version: int, delta: int) -> None:
+        if self._expected_counts is not None:
+            self._expected_counts[version] += delta
 
     def invalidate(self) -> None:
         """Forget what gobgpd holds; the next pass re-reads it."""
         self.actual = None
+        self._expected_counts = None
 
     async def read_actual(self) -> dict[IPNetwork, Route]:
+        counts = await self._path_counts()  # before listing: a change made during the listing shows up later
         routes = [*await self.client.list_owned_paths(4), *await self.client.list_owned_paths(6)]
         self.stats.full_reads += 1
+        self._expected_counts = counts
         return {route.prefix: route for route in routes}
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
@@ -95,7 +105,7 @@ class Reconciler:
             await self._apply(p, self.actual, desired)
         except BaseException:
             self.stats.failures += 1
-            self.actual = None
+            self.invalidate()
             raise
         self.stats.passes += 1
         self.stats.added += len(p.add)
@@ -109,11 +119,14 @@ class Reconciler:
         if p.withdraw:
             await self.client.delete_paths(p.withdraw)
             for route in p.withdraw:
-                actual.pop(route.prefix, None)
+                if actual.pop(route.prefix, None) is not None:
+                    self._counted(route.version, -1)
             _log_routes("withdrew", p.withdraw, desired)
         if p.add:
             await self.client.add_paths(p.add)
             for route in p.add:
+                if route.prefix not in actual:  # a re-add with new attributes replaces: the count stays
+                    self._counted(route.version, +1)
                 actual[route.prefix] = route
             _log_routes("advertised", p.add, desired)
 
@@ -131,5 +144,5 @@ class Reconciler:
         """Remove every path we own from gobgpd (on_shutdown = "withdraw")."""
         owned = list((await self.read_actual()).values())
         await self.client.delete_paths(owned)
-        self.actual = {}
+        self.invalidate()
         return len(owned)

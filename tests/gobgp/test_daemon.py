@@ -124,15 +124,14 @@ async def test_second_pass_sends_nothing(gobgpd: Gobgpd, client: GobgpClient, tm
         assert (await daemon.reconciler.reconcile(daemon.discovery.snapshot())).empty
 
 
-async def test_rib_check_repairs_a_path_deleted_behind_our_back_without_rereading_when_idle(
+async def test_rib_check_repairs_a_path_deleted_behind_our_back_and_idles_without_passes(
         gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path, timers={"full_reconcile": 3600.0, "rib_check": 0.1})
     async with running(config) as daemon:
         stats = daemon.reconciler.stats
-        await eventually(lambda: stats.full_reads >= 2, what="the first check (no baseline yet) re-reads once")
-        reads = stats.full_reads
+        reads, passes = stats.full_reads, stats.passes
         await asyncio.sleep(1.0)  # the observation window itself: ~10 checks of an idle table
-        assert stats.full_reads == reads, f"idle checks re-read gobgpd {stats.full_reads - reads} time(s)"
+        assert (stats.full_reads, stats.passes) == (reads, passes), "idle checks re-read gobgpd or ran passes"
         gobgpd.cli("global", "rib", "del", "-a", "ipv4", "10.1.100.0/24")
         await eventually(lambda: stats.full_reads > reads, timeout=5, what="the moved count triggers a re-read")
 
@@ -140,3 +139,17 @@ async def test_rib_check_repairs_a_path_deleted_behind_our_back_without_rereadin
             return "10.1.100.0/24" in await owned_prefixes(client)
 
         await eventually(repaired, timeout=5, what="the deleted aggregate advertised again")
+        reads = stats.full_reads
+        await asyncio.sleep(0.5)  # our own re-add is accounted for: no further re-read
+        assert stats.full_reads == reads
+
+
+async def test_rib_check_sees_another_api_user_and_leaves_its_path_alone(
+        gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
+    config = agent_config(gobgpd, tmp_path, timers={"full_reconcile": 3600.0, "rib_check": 0.1})
+    async with running(config) as daemon:
+        reads = daemon.reconciler.stats.full_reads
+        gobgpd.cli("global", "rib", "add", "-a", "ipv4", "10.9.9.0/24")
+        await eventually(lambda: daemon.reconciler.stats.full_reads > reads, timeout=5, what="a re-read")
+        assert await owned_prefixes(client) == {"10.1.100.0/24", "2001:db8:100::/64"}
+        assert "10.9.9.0/24" in {str(r.prefix) for r in await client.list_paths(4)}
