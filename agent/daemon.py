@@ -247,6 +247,7 @@ class Daemon:
                 self.gobgp_reachable = False
                 self.metrics.gobgp_up.set(0)
                 self.healthy = False
+                self.reconciler.invalidate()  # it may come back empty; until a pass has read it, we don't know
                 log.warning("lost gobgpd: %s", event.detail)
             else:
                 log.info("BGP peer %s", event.detail)
@@ -270,10 +271,10 @@ class Daemon:
     async def _shutdown(self) -> None:
         try:
             if self.config.on_shutdown is OnShutdown.WITHDRAW:
-                try:
-                    count = await asyncio.wait_for(self.reconciler.withdraw_all(), self.config.gobgp.rpc_timeout)
+                try:  # each RPC has its own deadline; a whole table may take longer than one
+                    count = await self.reconciler.withdraw_all()
                     log.info("withdrew all %d owned path(s) on shutdown", count)
-                except (GobgpError, TimeoutError) as exc:
+                except GobgpError as exc:
                     log.error("could not withdraw owned paths on shutdown: %s", exc)
             else:
                 log.info("leaving %d path(s) in gobgpd (on_shutdown = retain)", len(self.reconciler.actual or {}))

@@ -141,8 +141,9 @@ class Reconciler:
         self.stats.refused_cap = over
 
     async def withdraw_all(self) -> int:
-        """Remove every path we own from gobgpd (on_shutdown = "withdraw")."""
-        owned = list((await self.read_actual()).values())
+        """Remove every path we own from gobgpd (on_shutdown = "withdraw"): those we know we hold, or, if
+        that is unknown, those a full read finds."""
+        owned = list((self.actual if self.actual is not None else await self.read_actual()).values())
         await self.client.delete_paths(owned)
         self.invalidate()
         return len(owned)
