@@ -20,19 +20,20 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
-from .rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, RtnlSocket, changes
+from .rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
 
 log = logging.getLogger(__name__)
 
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 OWN_RCVBUF = 8 * 1024 * 1024
-CONTAINER_RCVBUF = 1024 * 1024
+CONTAINER_RCVBUF = 4 * 1024 * 1024  # ~4,000 queued events (an skb costs ~1 KiB): seconds of a 1,000/s storm
+DUMP_ATTEMPTS = 5
 UNMOUNTED_RETRY = 0.02  # seconds between looks at a namespace file that is not mounted yet
 UNMOUNTED_PATIENCE = 5.0  # after this, an unmounted file waits for the regular rescan
 _CLONE_NEWNET = 0x40000000
@@ -103,6 +104,7 @@ class NamespaceWatcher:
         self.path = path
         self.view: NamespaceView | None = None  # None until the first dump completes
         self.resyncs = 0
+        self.interrupted_dumps = 0  # tables taken as the union of interrupted dumps (none was clean)
         self.synced = asyncio.Event()
         self.gone = False
         self._on_change = on_change
@@ -164,8 +166,8 @@ class NamespaceWatcher:
             events.subscribe(GROUPS)  # before the dump, so no change falls in between
             requests = RtnlSocket(await self._open(1 << 20))
             view = NamespaceView()
-            for change in [*await requests.dump_links(), *await requests.dump_addresses()]:
-                view.apply(change)
+            for dump in (requests.dump_links, requests.dump_addresses):
+                await self._dump_into(view, dump)
             view.own_nsid = await self._own_nsid(requests)
             self.view = view
             self._on_change()
@@ -183,6 +185,20 @@ class NamespaceWatcher:
             events.close()
             if requests is not None:
                 requests.close()
+
+    async def _dump_into(self, view: NamespaceView, dump: Callable[[], Awaitable[Dump]]) -> None:
+        """One table into ``view``. A dump the kernel marks interrupted (the table changed under it, so entries
+        may be skipped) is repeated and the results merged: every dump starts after the event subscription,
+        so whatever one dump shows that is gone later has an event, applied after the dumps, that removes it.
+        Under a sustained storm of changes a clean dump may never come; then the merge of several is used."""
+        for _ in range(DUMP_ATTEMPTS):
+            result = await dump()
+            for change in result.changes:
+                view.apply(change)
+            if not result.interrupted:
+                return
+        self.interrupted_dumps += 1
+        log.warning("%s: %d dumps in a row interrupted by changes; using their union", self.label, DUMP_ATTEMPTS)
 
     async def _open(self, rcvbuf: int) -> socket.socket:
         future = asyncio.get_running_loop().run_in_executor(self._opener, open_netlink_in, self.path, rcvbuf)

@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, NamedTuple
 
 from .endpoints import AddressChange, IPInterface, Link, LinkGone
 
@@ -49,8 +49,9 @@ _DEAD_OPERSTATES = frozenset({1, 2, 3})
 Change = Link | LinkGone | AddressChange
 
 
-class DumpInterrupted(Exception):
-    """The kernel changed the table while dumping it (NLM_F_DUMP_INTR): the dump must be repeated."""
+class Dump(NamedTuple):
+    changes: list[Change]
+    interrupted: bool  # NLM_F_DUMP_INTR: the table changed during the dump, which may have skipped entries
 
 
 def attributes(data: bytes | memoryview, offset: int, end: int) -> dict[int, memoryview]:
@@ -181,7 +182,7 @@ class RtnlSocket:
                 return batch
             batch.append(bytes(memoryview(self._buffer)[:n]))
 
-    async def dump(self, kind: int, body: bytes) -> list[Change]:
+    async def dump(self, kind: int, body: bytes) -> Dump:
         """Every link (RTM_GETLINK) or address (RTM_GETADDR) of the namespace."""
         seq = await self._send(kind, NLM_F_DUMP, body)
         found: list[Change] = []
@@ -194,19 +195,17 @@ class RtnlSocket:
                     continue
                 interrupted |= bool(flags & NLM_F_DUMP_INTR)
                 if msg_kind == NLMSG_DONE:
-                    if interrupted:
-                        raise DumpInterrupted(f"dump of type {kind} interrupted by a change")
-                    return found
+                    return Dump(found, interrupted)
                 if msg_kind == NLMSG_ERROR:
                     _raise_error(data, start)
                 change = parse_change(msg_kind, data, start, end)
                 if change is not None:
                     found.append(change)
 
-    async def dump_links(self) -> list[Change]:
+    async def dump_links(self) -> Dump:
         return await self.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
 
-    async def dump_addresses(self) -> list[Change]:
+    async def dump_addresses(self) -> Dump:
         return await self.dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
 
     async def nsid_of(self, namespace_fd: int) -> int | None:

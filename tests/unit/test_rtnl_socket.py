@@ -1,10 +1,11 @@
 """RtnlSocket's request/reply handling, fed crafted datagrams through a socketpair (no kernel needed):
-dumps end at NLMSG_DONE, an interrupted dump and a netlink error are raised, replies to other requests and
-foreign sequence numbers are ignored."""
+dumps end at NLMSG_DONE, an interrupted dump says so, a netlink error is raised, replies to other requests
+and foreign sequence numbers are ignored; interrupted dumps are merged."""
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.endpoints import Link
+from agent.discovery import NamespaceWatcher
+from agent.endpoints import AddressChange, Link, NamespaceView
 from agent.rtnl import (
     NLM_F_DUMP_INTR,
     NLMSG_DONE,
@@ -21,7 +23,7 @@ from agent.rtnl import (
     RTM_GETLINK,
     RTM_NEWLINK,
     RTM_NEWNSID,
-    DumpInterrupted,
+    Dump,
     RtnlSocket,
     messages,
 )
@@ -55,21 +57,36 @@ async def test_dump_collects_until_done_and_skips_other_sequence_numbers(
     kernel.send(message(RTM_NEWLINK, 7, body))  # a stale reply to some earlier request: ignored
     kernel.send(message(RTM_NEWLINK, 1, body) + message(RTM_NEWLINK, 1, body))
     kernel.send(message(NLMSG_DONE, 1, struct.pack("=i", 0)))
-    found = await rtnl.dump_links()
-    assert len(found) == 2 and all(isinstance(c, Link) and c.kind == "ipvlan" for c in found)
+    found, interrupted = await rtnl.dump_links()
+    assert not interrupted and len(found) == 2 and all(isinstance(c, Link) and c.kind == "ipvlan" for c in found)
     request = kernel.recv(4096)
     length, kind, flags, seq, _ = NLMSG_HDR.unpack_from(request)
     assert (length, kind, seq) == (len(request), RTM_GETLINK, 1) and flags & 0x300 == 0x300  # NLM_F_DUMP
 
 
-async def test_interrupted_dump_is_raised_so_the_namespace_is_dumped_again(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+async def test_interrupted_dump_says_so(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, kernel = pair
     (body,) = newlink_bodies()
     kernel.send(message(RTM_NEWLINK, 1, body, flags=NLM_F_DUMP_INTR))
     kernel.send(message(NLMSG_DONE, 1, struct.pack("=i", 0)))
-    with pytest.raises(DumpInterrupted):
-        await RtnlSocket(ours).dump_links()
+    dump = await RtnlSocket(ours).dump_links()
+    assert dump.interrupted and len(dump.changes) == 1
+
+
+async def test_interrupted_dumps_are_repeated_and_merged_never_shrinking_the_view() -> None:
+    interface = ipaddress.ip_interface
+    first = [AddressChange(2, interface("10.1.0.1/24"), True), AddressChange(2, interface("10.1.0.2/24"), True)]
+    second = [AddressChange(2, interface("10.1.0.2/24"), True), AddressChange(2, interface("10.1.0.3/24"), True)]
+    results = iter([Dump(first, True), Dump(second, True), Dump(second, False)])
+
+    async def dump() -> Dump:
+        return next(results)
+
+    watcher = NamespaceWatcher(None, lambda: None, None, 0, -1)  # type: ignore[arg-type]
+    view = NamespaceView()
+    await watcher._dump_into(view, dump)
+    assert {str(a) for a in view.addresses[2]} == {"10.1.0.1/24", "10.1.0.2/24", "10.1.0.3/24"}
+    assert watcher.interrupted_dumps == 0  # the third dump was clean
 
 
 async def test_netlink_error_reply_is_an_oserror_with_its_errno(pair: tuple[socket.socket, socket.socket]) -> None:
