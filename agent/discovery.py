@@ -211,7 +211,7 @@ class NamespaceWatcher:
     async def _own_nsid(self, requests: RtnlSocket) -> int | None:
         if self.path is None:
             return None
-        return _unsigned_nsid(await requests.nsid_of(self._own_ns_fd))
+        return await requests.nsid_of(self._own_ns_fd)
 
 
 def _describe(exc: BaseException) -> str:

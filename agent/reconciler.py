@@ -40,9 +40,10 @@ LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; 
 
 
 def _log_routes(verb: str, routes: tuple[Route, ...], desired: Desired) -> None:
-    level = logging.INFO if len(routes) <= LOG_EACH_UP_TO else logging.DEBUG
+    level = logging.INFO
     if len(routes) > LOG_EACH_UP_TO:
         log.info("%s %d path(s): %s ... %s", verb, len(routes), routes[0].prefix, routes[-1].prefix)
+        level = logging.DEBUG
     if log.isEnabledFor(level):
         for route in routes:
             sources = desired.sources.get(route.prefix, ())

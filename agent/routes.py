@@ -93,7 +93,7 @@ def plan(desired: Mapping[IPNetwork, Route], actual: Mapping[IPNetwork, Route], 
         held = actual.get(prefix)
         if held is None:
             new.append(route)
-        elif held is route or held == route:  # identity first: a route we sent is the very object we hold
+        elif held == route:
             keep.append(held)
         else:
             changed.append(route)

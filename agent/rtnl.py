@@ -194,16 +194,11 @@ class RtnlSocket:
         found: list[Change] = []
         interrupted = False
         while True:
-            n = await self._loop.sock_recv_into(self.sock, self._buffer)
-            data = memoryview(self._buffer)[:n]
-            for msg_kind, flags, msg_seq, start, end in messages(data):
-                if msg_seq != seq:
-                    continue
+            data, replies = await self._receive_replies(seq)
+            for msg_kind, flags, start, end in replies:
                 interrupted |= bool(flags & NLM_F_DUMP_INTR)
                 if msg_kind == NLMSG_DONE:
                     return Dump(found, interrupted)
-                if msg_kind == NLMSG_ERROR:
-                    _raise_error(data, start)
                 change = parse_change(msg_kind, data, start, end)
                 if change is not None:
                     found.append(change)
@@ -219,17 +214,26 @@ class RtnlSocket:
         body = struct.pack("=Bxxx", socket.AF_UNSPEC) + _RTATTR.pack(8, NETNSA_FD) + _U32.pack(namespace_fd)
         seq = await self._send(RTM_GETNSID, 0, body)
         while True:
-            n = await self._loop.sock_recv_into(self.sock, self._buffer)
-            data = memoryview(self._buffer)[:n]
-            for msg_kind, _, msg_seq, start, end in messages(data):
-                if msg_seq != seq:
-                    continue
-                if msg_kind == NLMSG_ERROR:
-                    _raise_error(data, start)
+            data, replies = await self._receive_replies(seq)
+            for msg_kind, _, start, end in replies:
                 if msg_kind == RTM_NEWNSID:
                     attrs = attributes(data, start + 4, end)
                     nsid = _S32.unpack_from(attrs[NETNSA_NSID])[0] if NETNSA_NSID in attrs else -1
                     return nsid if nsid >= 0 else None
+
+    async def _receive_replies(self, seq: int) -> tuple[memoryview, list[tuple[int, int, int, int]]]:
+        """The next datagram, and (type, flags, body offset, end) of its messages that answer request ``seq``;
+        an error reply is raised as OSError."""
+        n = await self._loop.sock_recv_into(self.sock, self._buffer)
+        data = memoryview(self._buffer)[:n]
+        replies = []
+        for msg_kind, flags, msg_seq, start, end in messages(data):
+            if msg_seq != seq:
+                continue
+            if msg_kind == NLMSG_ERROR:
+                _raise_error(data, start)
+            replies.append((msg_kind, flags, start, end))
+        return data, replies
 
     async def _send(self, kind: int, flags: int, body: bytes) -> int:
         self._seq += 1
