@@ -20,13 +20,14 @@ import os
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
-from .rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
+from .rtnl import DROP_REASONS, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class NamespaceWatcher:
         self.path = path
         self.view: NamespaceView | None = None  # None until the first dump completes
         self.resyncs = 0
+        self.dropped: Counter[str] = Counter()  # datagrams not believed, by reason (agent.rtnl.DROP_REASONS)
         self.interrupted_dumps = 0  # tables taken as the union of interrupted dumps (none was clean)
         self.synced = asyncio.Event()
         self.gone = False
@@ -160,11 +162,11 @@ class NamespaceWatcher:
     async def _session(self) -> None:
         # Two sockets: the event socket never sends, so every message on it is an event; replies to our
         # requests arrive on the other one.
-        events = RtnlSocket(await self._open(self._rcvbuf))
+        events = RtnlSocket(await self._open(self._rcvbuf), self.dropped)
         requests: RtnlSocket | None = None
         try:
             events.subscribe(GROUPS)  # before the dump, so no change falls in between
-            requests = RtnlSocket(await self._open(1 << 20))
+            requests = RtnlSocket(await self._open(1 << 20), self.dropped)
             view = NamespaceView()
             for dump in (requests.dump_links, requests.dump_addresses):
                 await self._dump_into(view, dump)
@@ -225,6 +227,7 @@ def _describe(exc: BaseException) -> str:
 class DiscoveryStats:
     namespaces: int
     resyncs: int
+    dropped: dict[str, int] = field(default_factory=dict)  # netlink datagrams not believed, by reason
 
 
 class Discovery:
@@ -249,6 +252,7 @@ class Discovery:
         self._tasks: list[asyncio.Task[None]] = []
         self._dirs_changed = asyncio.Event()
         self._resyncs_of_gone = 0
+        self._dropped_of_gone: Counter[str] = Counter()
         self._unmounted: dict[str, float] = {}  # namespace files not bind-mounted yet -> first seen
         self._inotify: _DirectoryEvents | None = None
 
@@ -281,9 +285,13 @@ class Discovery:
 
     def stats(self) -> DiscoveryStats:
         watchers = [w for w, _ in self._watchers.values()]
+        dropped = self._own.dropped + self._dropped_of_gone
+        for w in watchers:
+            dropped.update(w.dropped)
         return DiscoveryStats(
             namespaces=len(watchers) + 1,
             resyncs=self._own.resyncs + sum(w.resyncs for w in watchers) + self._resyncs_of_gone,
+            dropped={reason: dropped[reason] for reason in DROP_REASONS},
         )
 
     async def run(self) -> None:
@@ -354,6 +362,7 @@ class Discovery:
     def _forget(self, identity: tuple[int, int]) -> None:
         watcher, task = self._watchers.pop(identity)
         self._resyncs_of_gone += watcher.resyncs
+        self._dropped_of_gone.update(watcher.dropped)
         task.cancel()  # closes its socket, which also stops it from pinning a deleted namespace
         if watcher.view is not None:
             watcher.view = None

@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from agent.discovery import Discovery
 from agent.lab.containers import ifindex, netlink_in
 from agent.lab.netns import create_netns, delete_netns, run_in
 
 from ..helpers import eventually
-
-
-@pytest.fixture
-def netns_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "netns"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
-async def discovery(netns_dir: Path) -> AsyncIterator[Discovery]:
-    d = Discovery(["lo"], [netns_dir], rescan_interval=3600)
-    task = asyncio.create_task(d.run())
-    await asyncio.wait_for(d.synced.wait(), 10)
-    try:
-        yield d
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for entry in netns_dir.iterdir():
-            delete_netns(entry)
 
 
 def unique(prefix: str) -> str:

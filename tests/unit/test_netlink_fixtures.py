@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.endpoints import AddressChange, IpvlanMode, Link, NamespaceView, endpoints_in
-from agent.rtnl import Change, changes
+from agent.rtnl import Change, NetlinkParseError, changes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "netlink"
 
@@ -99,8 +99,11 @@ def test_every_fixture_parses_the_same_as_pyroute2_does() -> None:
                 assert not change.usable if msg["event"] == "RTM_DELADDR" else True
 
 
-def test_truncated_and_garbage_datagrams_yield_no_changes_and_do_not_raise() -> None:
+def test_truncated_and_garbage_datagrams_raise_only_the_parse_error() -> None:
     data = (FIXTURES / "l3_deladdr.bin").read_bytes()
-    for cut in range(len(data)):
-        list(changes(data[:cut]))  # a partial message is skipped, never misread into an exception
-    assert list(changes(b"\xff" * 64)) == []
+    assert list(changes(data[:0])) == []
+    for cut in range(1, len(data)):
+        with pytest.raises(NetlinkParseError):  # a partial message is refused (the namespace resyncs)
+            list(changes(data[:cut]))
+    with pytest.raises(NetlinkParseError):
+        list(changes(b"\xff" * 64))
