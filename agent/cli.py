@@ -17,6 +17,7 @@ from .discovery import Discovery
 from .endpoints import Endpoint
 from .gobgp import GobgpClient, GobgpError
 from .logs import setup_logging
+from .model import IPAddress
 from .reconciler import Reconciler
 from .routes import Desired, Plan
 from .status import query
@@ -86,11 +87,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines += [
             f"endpoints:  {e['total']} ({e['ready']} ready, {e['held_down']} held down) "
             f"in {status['namespaces']} namespace(s)",
-            f"prefixes:   {p['advertised']} advertised, {len(p['refused_outside_networks'])} refused "
-            f"(outside networks), {len(p['refused_max_prefixes'])} refused (max_prefixes)",
+            f"prefixes:   {p['advertised']} advertised, "
+            + (", ".join(f"{len(found)} refused ({reason})" for reason, found in p.get("refused", {}).items()
+                         if found) or "none refused"),
             f"reconcile:  {r['passes']} passes, {r['failures']} failed, last {last} "
             f"({r['last_duration_s'] * 1e3:.1f} ms)",
-            f"netlink:    {status['netlink_resyncs']} resync(s)",
+            f"netlink:    {status['netlink_resyncs']} resync(s), "
+            f"{sum(status.get('netlink_dropped', {}).values())} datagram(s) dropped (forged or truncated)",
         ]
         print("\n".join(lines))
     return EXIT_OK if status["healthy"] else EXIT_FAILURE
@@ -113,12 +116,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _discover(config: AgentConfig) -> tuple[Endpoint, ...]:
+async def _discover(config: AgentConfig) -> tuple[tuple[Endpoint, ...], frozenset[IPAddress]]:
+    """The endpoints, and the host's own addresses (never advertised)."""
     discovery = Discovery(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
     task = asyncio.create_task(discovery.run())
     try:
         await discovery.synced.wait()
-        return discovery.snapshot()
+        return discovery.snapshot(), discovery.host_addresses()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -133,7 +137,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID_CONFIG
-    endpoints = asyncio.run(_discover(config))
+    endpoints, _ = asyncio.run(_discover(config))
     if args.json:
         print(json.dumps([_endpoint_json(e) for e in endpoints], indent=2))
         return EXIT_OK
@@ -145,12 +149,13 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 async def _plan(config: AgentConfig) -> tuple[Desired, Plan]:
-    endpoints = await _discover(config)
+    endpoints, host_addresses = await _discover(config)
     async with GobgpClient(config.gobgp.target, config.ownership_community, tls_ca_file=config.gobgp.tls_ca_file,
                            tls_server_name=config.gobgp.tls_server_name,
                            rpc_timeout=config.gobgp.rpc_timeout) as client:
         await client.connect(config.gobgp.connect_timeout)
         reconciler = Reconciler(client, config)
+        reconciler.host_addresses = host_addresses
         return reconciler.compute(endpoints, await reconciler.read_actual())
 
 
@@ -166,8 +171,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     rows = [("+", str(r.prefix), ", ".join(desired.sources.get(r.prefix, ()))) for r in p.add]
     rows += [("-", str(r.prefix), "no longer wanted") for r in p.withdraw]
     rows += [("!", str(r.prefix), "refused: max_prefixes") for r in p.over_cap]
-    rows += [("!", str(prefix), "refused: outside every network (" + ", ".join(src) + ")")
-             for prefix, src in desired.outside.items()]
+    rows += [("!", str(r.prefix), "refused: max_prefixes_per_namespace") for r in p.over_quota]
+    rows += [("!", str(prefix), f"refused: {why} (" + ", ".join(src) + ")")
+             for prefix, (why, src) in desired.refused.items()]
     if rows:
         print(_table(("", "PREFIX", "WHY"), rows))
     print(f"{len(p.add)} to add, {len(p.withdraw)} to withdraw, {len(p.keep)} unchanged (dry run: nothing sent)")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from enum import StrEnum
@@ -28,6 +30,9 @@ from pydantic import (
 from .model import Attributes, Community, IPAddress, IPNetwork, LargeCommunity
 
 DEFAULT_CONFIG_PATH = Path("/etc/ipvlan-bgp/agent.toml")
+MAX_PREFIXES_LIMIT = 1_000_000  # gobgpd holds this many paths in a few GB; far beyond one host's containers
+MIN_PREFIXLEN = {4: 8, 6: 16}  # a wider network would let nearly any address through the allow-list
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
@@ -85,7 +90,7 @@ U32 = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Advertise(StrEnum):
@@ -108,8 +113,8 @@ class GobgpConfig(_Strict):
     target: str = Field(default="127.0.0.1:50051", min_length=1)
     tls_ca_file: Path | None = None
     tls_server_name: str | None = None
-    connect_timeout: float = Field(default=10.0, gt=0)
-    rpc_timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    rpc_timeout: float = Field(default=30.0, gt=0, le=600)
 
     @model_validator(mode="after")
     def _tls_needs_tcp(self) -> Self:
@@ -136,7 +141,9 @@ class NextHopConfig(_Strict):
 
 class NetworkConfig(_Strict):
     prefix: NetworkPrefix
-    name: str = ""
+    exclude: tuple[NetworkPrefix, ...] = Field(default=(), max_length=1024, description="prefixes inside this "
+                                               "network never advertised from a container (e.g. the gateway)")
+    name: str = Field(default="", max_length=64)
     advertise: Advertise = Advertise.BOTH
     aggregate_when: AggregateWhen = AggregateWhen.USED
     communities: tuple[CommunityValue, ...] = ()
@@ -144,9 +151,22 @@ class NetworkConfig(_Strict):
     local_pref: U32 | None = None
     med: U32 | None = None
 
+    @model_validator(mode="after")
+    def _sane(self) -> Self:
+        if self.prefix.prefixlen < MIN_PREFIXLEN[self.prefix.version]:
+            raise ValueError(f"{self.prefix} is wider than /{MIN_PREFIXLEN[self.prefix.version]}: it would let "
+                             "nearly any address through the allow-list (a container could claim any address)")
+        for excluded in self.exclude:
+            if excluded.version != self.prefix.version or not excluded.subnet_of(self.prefix):  # type: ignore[arg-type]
+                raise ValueError(f"exclude {excluded} is not inside {self.prefix}")
+        return self
+
     @property
     def label(self) -> str:
         return self.name or str(self.prefix)
+
+    def excludes(self, address: IPAddress) -> bool:
+        return any(address in excluded for excluded in self.exclude)
 
     def attributes(self, owner: LargeCommunity) -> Attributes:
         return Attributes(
@@ -160,18 +180,23 @@ class NetworkConfig(_Strict):
 class TimersConfig(_Strict):
     settle: float = Field(default=0.02, ge=0, le=5, description="minimum seconds between passes: the first change "
                           "after a quiet period is handled at once, later ones coalesce")
-    full_reconcile: float = Field(default=300.0, gt=0, description="seconds between unconditional full re-reads "
-                                  "of gobgpd (they repair any drift)")
-    rib_check: float = Field(default=30.0, gt=0, description="seconds between cheap checks of gobgpd's path "
-                             "counts; a change the agent did not make triggers a full re-read at once")
-    netns_rescan: float = Field(default=10.0, gt=0, description="seconds between namespace directory rescans")
+    full_reconcile: float = Field(default=300.0, ge=1, le=86_400,
+                                  description="seconds between unconditional full re-reads of gobgpd (they repair "
+                                  "any drift)")
+    rib_check: float = Field(default=30.0, ge=0.1, le=86_400,
+                             description="seconds between cheap checks of gobgpd's path counts; a change the agent "
+                             "did not make triggers a full re-read at once")
+    netns_rescan: float = Field(default=10.0, ge=0.1, le=3600,
+                                description="seconds between namespace directory rescans")
 
 
 class DampeningConfig(_Strict):
     enabled: bool = True
-    max_flaps: int = Field(default=6, ge=1, description="transitions within `window` that trigger a hold-down")
-    window: float = Field(default=30.0, gt=0)
-    hold_down: float = Field(default=30.0, gt=0, description="seconds of stability needed to advertise again")
+    max_flaps: int = Field(default=6, ge=1, le=10_000,
+                           description="transitions within `window` that trigger a hold-down")
+    window: float = Field(default=30.0, gt=0, le=86_400)
+    hold_down: float = Field(default=30.0, gt=0, le=86_400,
+                             description="seconds of stability needed to advertise again")
 
 
 class LogConfig(_Strict):
@@ -194,13 +219,21 @@ class MetricsConfig(_Strict):
 class StatusConfig(_Strict):
     socket: Path = Path("/run/ipvlan-bgp/agent.sock")
 
+    @model_validator(mode="after")
+    def _absolute(self) -> Self:
+        if not self.socket.is_absolute() or len(str(self.socket).encode()) > 107:
+            raise ValueError(f"socket {str(self.socket)!r} must be an absolute path of at most 107 bytes")
+        return self
+
 
 class AgentConfig(_Strict):
     uplinks: tuple[InterfaceName, ...] = Field(min_length=1)
     ownership_community: LargeCommunityValue
     networks: tuple[NetworkConfig, ...] = ()
     netns_dirs: tuple[Path, ...] = (Path("/run/netns"), Path("/run/docker/netns"))
-    max_prefixes: int = Field(default=10_000, ge=1)
+    max_prefixes: int = Field(default=10_000, ge=1, le=MAX_PREFIXES_LIMIT)
+    max_prefixes_per_namespace: int = Field(default=1_000, ge=1, le=MAX_PREFIXES_LIMIT, description="host routes "
+                                            "one namespace may hold (bounded by max_prefixes); see routes.allocate")
     on_shutdown: OnShutdown = OnShutdown.RETAIN
     gobgp: GobgpConfig = GobgpConfig()
     next_hop: NextHopConfig = NextHopConfig()
@@ -215,11 +248,8 @@ class AgentConfig(_Strict):
         problems: list[str] = []
         if len(set(self.uplinks)) != len(self.uplinks):
             problems.append("uplinks: listed more than once")
+        problems += _overlaps([net.prefix for net in self.networks])
         for i, net in enumerate(self.networks):
-            for j in range(i):
-                other = self.networks[j]
-                if net.prefix.version == other.prefix.version and net.prefix.overlaps(other.prefix):
-                    problems.append(f"networks[{i}] {net.prefix} overlaps networks[{j}] {other.prefix}")
             if self.ownership_community in net.large_communities:
                 problems.append(
                     f"networks[{i}] uses the ownership community {self.ownership_community}; "
@@ -229,11 +259,33 @@ class AgentConfig(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    @property
+    def namespace_quota(self) -> int:
+        return min(self.max_prefixes_per_namespace, self.max_prefixes)
+
     def network_for(self, address: IPAddress) -> NetworkConfig | None:
         for net in self.networks:
             if address.version == net.prefix.version and address in net.prefix:
                 return net
         return None
+
+
+def _overlaps(prefixes: list[IPNetwork]) -> list[str]:
+    """Every pair of overlapping prefixes, by sort and sweep per family: O(n log n), not O(n²)."""
+    problems = []
+    order = sorted(range(len(prefixes)), key=lambda i: (prefixes[i].version, int(prefixes[i].network_address),
+                                                          -prefixes[i].prefixlen))
+    open_: tuple[int, int, int] | None = None  # (version, last address, index) of the widest prefix so far
+    for i in order:
+        prefix = prefixes[i]
+        first = int(prefix.network_address)
+        if open_ is not None and open_[0] == prefix.version and first <= open_[1]:
+            j = open_[2]
+            a, b = sorted((i, j))
+            problems.append(f"networks[{b}] {prefixes[b]} overlaps networks[{a}] {prefixes[a]}")
+            continue  # prefixes are nested or disjoint: this one lies inside the open one
+        open_ = (prefix.version, int(prefix.broadcast_address), i)
+    return problems
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -269,15 +321,39 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         return AgentConfig.model_validate_json(json.dumps(data, default=str))
     except ValidationError as exc:
         raise ConfigError(source, _problems(exc)) from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep for json / pydantic; inf/nan in json.dumps
+        raise ConfigError(source, [("", f"not a usable configuration: {type(exc).__name__}")]) from None
+
+
+def _read(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_CONFIG_BYTES in UTF-8, opened without blocking (a FIFO
+    or a device would otherwise hang the reader)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), [("", "not a regular file")])
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), [("", f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8 text (byte {exc.start})")]) from None
 
 
 def load_config(path: Path) -> AgentConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    text = _read(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [("", f"not valid TOML: {exc}")]) from None
-    return parse_config(data, str(path))
+    except RecursionError:
+        raise ConfigError(str(path), [("", "not usable TOML: nested too deeply")]) from None
+    config = parse_config(data, str(path))
+    if config.status.socket.resolve() == path.resolve():
+        raise ConfigError(str(path), [("status.socket", "is the configuration file itself")])
+    return config

@@ -208,9 +208,10 @@ class Daemon:
         stats = self.discovery.stats()
         m.namespaces.set(stats.namespaces)
         m.resyncs.set(stats.resyncs)
-        refused_before = (set(self.reconciler.stats.refused_outside), set(self.reconciler.stats.refused_cap))
+        refused_before = dict(self.reconciler.stats.refused)
         started = time.perf_counter()
         try:
+            self.reconciler.host_addresses = self.discovery.host_addresses()
             plan = await self.reconciler.reconcile(damped.endpoints)
         except GobgpError as exc:
             self.healthy = False
@@ -224,10 +225,8 @@ class Daemon:
         m.paths_sent.labels(op="withdraw").inc(len(plan.withdraw))
         m.observe_prefixes(self.reconciler.actual or {})
         stats_now = self.reconciler.stats
-        m.refused.labels(reason="outside_networks").set(len(stats_now.refused_outside))
-        m.refused.labels(reason="max_prefixes").set(len(stats_now.refused_cap))
-        m.refusals.labels(reason="outside_networks").inc(len(stats_now.refused_outside - refused_before[0]))
-        m.refusals.labels(reason="max_prefixes").inc(len(stats_now.refused_cap - refused_before[1]))
+        m.observe_refusals(refused_before, stats_now.refused)
+        m.observe_netlink_drops(stats.dropped)
         return True
 
     async def _watch_gobgp(self) -> None:

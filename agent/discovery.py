@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
+from .model import IPAddress
 from .rtnl import DROP_REASONS, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,16 @@ class Discovery:
         for watcher in sorted((w for w, _ in self._watchers.values()), key=lambda w: w.path or ""):
             found.extend(watcher.endpoints(uplinks))
         return tuple(found)  # ordered by Endpoint.key: the own namespace ("") first, then by path and ifindex
+
+    def host_addresses(self) -> frozenset[IPAddress]:
+        """Every address on an interface of the host's own namespace, except on ipvlan endpoints living there:
+        never advertised from a container (address ownership)."""
+        own_view = self._own.view
+        if own_view is None:
+            return frozenset()
+        uplinks = uplink_ifindexes(own_view.links.values(), self.uplinks)
+        endpoints = {e.ifindex for e in self._own.endpoints(uplinks)}
+        return frozenset(a.ip for index, found in own_view.addresses.items() if index not in endpoints for a in found)
 
     def _note_change(self) -> None:
         if self.first_change_at is None:

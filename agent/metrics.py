@@ -5,12 +5,13 @@ Each Daemon owns a registry, so several agents in one process (tests) never shar
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .endpoints import Endpoint
 from .model import IPNetwork
+from .routes import Refusal
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -40,11 +41,28 @@ class Metrics:
                              registry=r)
         self.namespaces = Gauge("ipvlan_bgp_namespaces_watched", "Network namespaces watched", registry=r)
         self.errors = Counter("ipvlan_bgp_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.netlink_dropped = Counter("ipvlan_bgp_netlink_dropped", "Netlink datagrams not believed (not sent "
+                                       "by the kernel, or truncated)", ["reason"], registry=r)
+        self._drops_seen: dict[str, int] = {}
         self.held = Gauge("ipvlan_bgp_endpoints_held_down", "Flapping endpoints held down", registry=r)
 
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+
+    def observe_refusals(self, before: Mapping[Refusal, Set[IPNetwork]], now: Mapping[Refusal, Set[IPNetwork]]) -> None:
+        """Refused prefixes now, and new refusals (once per prefix and episode), by reason."""
+        for reason in sorted({*before, *now}):
+            self.refused.labels(reason=reason.value).set(len(now.get(reason, ())))
+            self.refusals.labels(reason=reason.value).inc(len(set(now.get(reason, ())) - set(before.get(reason, ()))))
+
+    def observe_netlink_drops(self, dropped: Mapping[str, int]) -> None:
+        """``dropped``: totals since start (discovery's); the counter follows them."""
+        for reason, total in dropped.items():
+            seen = self._drops_seen.get(reason, 0)
+            if total > seen:
+                self.netlink_dropped.labels(reason=reason).inc(total - seen)
+                self._drops_seen[reason] = total
 
     def observe_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         counts: dict[tuple[str, str], int] = {}

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from .config import AgentConfig
 from .endpoints import Endpoint
 from .gobgp import GobgpClient
-from .model import IPNetwork, Route
-from .routes import Desired, Plan, desired_routes, plan
+from .model import IPAddress, IPNetwork, Route
+from .routes import Desired, Plan, Refusal, desired_routes, plan
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class ReconcileStats:
     last_duration: float = 0.0
     refused_outside: set[IPNetwork] = field(default_factory=set)
     refused_cap: set[IPNetwork] = field(default_factory=set)
+    refused: dict[Refusal, set[IPNetwork]] = field(default_factory=dict)  # every reason, outside and cap too
 
 
 LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; each route then goes to debug
@@ -57,6 +58,10 @@ class Reconciler:
         self.actual: dict[IPNetwork, Route] | None = None  # None: unknown, read it before the next plan
         self.desired: Desired | None = None
         self.stats = ReconcileStats()
+        self.host_addresses: frozenset[IPAddress] = frozenset()  # the host's own: never advertised (set by the owner)
+        # What we advertised last, kept across invalidate(): after gobgpd restarts with an empty RIB these keep
+        # their place under the caps.
+        self.advertised: set[IPNetwork] = set()
         # gobgpd's path count per family as implied by our last full read and our own changes since.
         self._expected_counts: dict[int, int] | None = None
 
@@ -91,8 +96,9 @@ class Reconciler:
         return {route.prefix: route for route in routes}
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
-        desired = desired_routes(endpoints, self.config)
-        return desired, plan(desired.routes, actual, self.config.max_prefixes)
+        desired = desired_routes(endpoints, self.config, self.host_addresses)
+        return desired, plan(desired.routes, actual, self.config.max_prefixes, self.config.namespace_quota,
+                             desired.owners, self.advertised)
 
     async def reconcile(self, endpoints: Iterable[Endpoint]) -> Plan:
         """One level-triggered pass: desired from ``endpoints``, diff against gobgpd, apply the difference."""
@@ -104,6 +110,7 @@ class Reconciler:
             self.desired = desired
             self._report_refusals(desired, p)
             await self._apply(p, self.actual, desired)
+            self.advertised = set(self.actual)
         except BaseException:
             self.stats.failures += 1
             self.invalidate()
@@ -132,14 +139,27 @@ class Reconciler:
             _log_routes("advertised", p.add, desired)
 
     def _report_refusals(self, desired: Desired, p: Plan) -> None:
-        for prefix, sources in desired.outside.items():
-            if prefix not in self.stats.refused_outside:
-                log.warning("refused %s from %s: outside every configured network", prefix, ", ".join(sources))
-        self.stats.refused_outside = set(desired.outside)
-        over = {r.prefix for r in p.over_cap}
-        for prefix in sorted(over - self.stats.refused_cap, key=lambda n: (n.version, n)):
-            log.error("refused %s: max_prefixes (%d) reached", prefix, self.config.max_prefixes)
-        self.stats.refused_cap = over
+        """One log line per prefix and episode of refusal, with the reason."""
+        why = {
+            Refusal.OUTSIDE: "outside every configured network",
+            Refusal.EXCLUDED: "in an `exclude` prefix of its network",
+            Refusal.HOST_ADDRESS: "an address of this host (or a configured next hop)",
+            Refusal.DUPLICATE: "claimed from more than one namespace, advertised for none until unique",
+        }
+        now: dict[Refusal, set[IPNetwork]] = {reason: set(desired.refused_for(reason)) for reason in why}
+        now[Refusal.QUOTA] = {r.prefix for r in p.over_quota}
+        now[Refusal.CAP] = {r.prefix for r in p.over_cap}
+        for reason, prefixes in now.items():
+            for prefix in sorted(prefixes - self.stats.refused.get(reason, set()), key=lambda n: (n.version, n)):
+                sources = desired.refused.get(prefix, (reason, desired.sources.get(prefix, ())))[1]
+                text = why.get(reason) or (f"max_prefixes_per_namespace ({self.config.namespace_quota}) reached"
+                                           if reason == Refusal.QUOTA else
+                                           f"max_prefixes ({self.config.max_prefixes}) reached")
+                level = logging.WARNING if reason in why else logging.ERROR
+                log.log(level, "refused %s%s: %s", prefix, f" from {', '.join(sources)}" if sources else "", text)
+        self.stats.refused = now
+        self.stats.refused_outside = now[Refusal.OUTSIDE]
+        self.stats.refused_cap = now[Refusal.CAP]
 
     async def withdraw_all(self) -> int:
         """Remove every path we own from gobgpd (on_shutdown = "withdraw"): those we know we hold, or, if

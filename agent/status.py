@@ -31,9 +31,11 @@ def status_of(daemon: Daemon, peers: list[dict[str, Any]] | None) -> dict[str, A
                       "held_down": len(daemon.held_down)},
         "prefixes": {"advertised": len(held),
                      "refused_outside_networks": sorted(map(str, stats.refused_outside)),
-                     "refused_max_prefixes": sorted(map(str, stats.refused_cap))},
+                     "refused_max_prefixes": sorted(map(str, stats.refused_cap)),
+                     "refused": {reason.value: sorted(map(str, found)) for reason, found in stats.refused.items()}},
         "namespaces": daemon.discovery.stats().namespaces,
         "netlink_resyncs": daemon.discovery.stats().resyncs,
+        "netlink_dropped": daemon.discovery.stats().dropped,
         "reconcile": {"passes": stats.passes, "failures": stats.failures, "last_at": stats.last_pass_at,
                       "last_duration_s": stats.last_duration},
     }

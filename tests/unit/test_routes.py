@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from agent.config import AgentConfig, parse_config
 from agent.endpoints import Endpoint, IpvlanMode
 from agent.model import Attributes, Community, LargeCommunity, Route
-from agent.routes import apply_plan, desired_routes, plan
+from agent.routes import Refusal, allocate, apply_plan, desired_routes, plan
 
 OWNER = LargeCommunity(65001, 4242, 1)
 
@@ -76,9 +76,32 @@ def test_explicit_next_hop() -> None:
     assert {str(r.next_hop) for r in desired.routes.values()} == {"192.0.2.11", "2001:db8::11"}
 
 
-def test_same_address_in_two_namespaces_is_one_route() -> None:
-    desired = desired_routes([endpoint("10.1.100.2/24"), endpoint("10.1.100.2/24", netns="/run/netns/c2")], config())
-    assert desired.sources[ipaddress.ip_network("10.1.100.2/32")] == ("/run/netns/c1:eth0", "/run/netns/c2:eth0")
+def test_address_claimed_from_two_namespaces_is_advertised_for_neither() -> None:
+    claimed = [endpoint("10.1.100.2/24", "10.1.100.3/24"), endpoint("10.1.100.2/24", netns="/run/netns/c2")]
+    desired = desired_routes(claimed, config())
+    assert prefixes(desired.routes) == {"10.1.100.0/24", "10.1.100.3/32"}
+    assert desired.refused == {ipaddress.ip_network("10.1.100.2/32"):
+                               (Refusal.DUPLICATE, ("/run/netns/c1:eth0", "/run/netns/c2:eth0"))}
+    assert desired.owners == {ipaddress.ip_network("10.1.100.3/32"): "/run/netns/c1"}
+    # the same address on two interfaces of one namespace is that namespace's: one route
+    same = desired_routes([endpoint("10.1.100.2/24"), endpoint("10.1.100.2/24", ifindex=3)], config())
+    assert "10.1.100.2/32" in prefixes(same.routes) and not same.refused
+
+
+def test_host_addresses_and_next_hops_are_never_advertised_from_a_container() -> None:
+    cfg = config(next_hop={"ipv4": "10.1.100.254"})
+    desired = desired_routes([endpoint("10.1.100.1/24", "10.1.100.254/24", "10.1.100.7/24")], cfg,
+                             host_addresses={ipaddress.ip_address("10.1.100.1")})
+    assert prefixes(desired.routes) == {"10.1.100.0/24", "10.1.100.7/32"}
+    assert {str(p): why for p, (why, _) in desired.refused.items()} == {
+        "10.1.100.1/32": Refusal.HOST_ADDRESS, "10.1.100.254/32": Refusal.HOST_ADDRESS}
+
+
+def test_excluded_prefixes_are_refused() -> None:
+    cfg = config(networks=[{"prefix": "10.1.100.0/24", "exclude": ["10.1.100.0/28"]}])
+    desired = desired_routes([endpoint("10.1.100.1/24", "10.1.100.17/24")], cfg)
+    assert prefixes(desired.routes) == {"10.1.100.0/24", "10.1.100.17/32"}
+    assert desired.refused_for(Refusal.EXCLUDED) == {ipaddress.ip_network("10.1.100.1/32"): ("/run/netns/c1:eth0",)}
 
 
 def r(prefix: str, local_pref: int | None = None) -> Route:
@@ -140,3 +163,68 @@ def test_nothing_outside_allow_list_is_ever_desired(raw: list[int]) -> None:
     desired = desired_routes([endpoint(*(f"{ipaddress.ip_address(a)}/24" for a in raw))], cfg)
     for prefix in desired.routes:
         assert any(prefix.subnet_of(n.prefix) for n in cfg.networks if n.prefix.version == prefix.version)
+
+
+def host(namespace: int, i: int) -> Route:
+    return r(f"10.{namespace}.{i // 256}.{i % 256}/32")
+
+
+@st.composite
+def namespaces_and_caps(draw: st.DrawFn) -> tuple[dict[Any, Route], dict[Any, str], int, int, int]:
+    """Desired routes of up to 6 namespaces (0-40 host routes each) and up to 3 aggregates, a cap, a quota."""
+    sizes = draw(st.lists(st.integers(0, 40), min_size=1, max_size=6))
+    desired: dict[Any, Route] = {}
+    owners: dict[Any, str] = {}
+    for n, size in enumerate(sizes):
+        for i in range(size):
+            route = host(n + 1, i)
+            desired[route.prefix] = route
+            owners[route.prefix] = f"/run/netns/c{n}"
+    aggregates = draw(st.integers(0, 3))
+    for a in range(aggregates):
+        route = r(f"10.{200 + a}.0.0/16")
+        desired[route.prefix] = route
+    return desired, owners, draw(st.integers(1, 120)), draw(st.integers(1, 50)), aggregates
+
+
+@given(namespaces_and_caps(), st.data())
+def test_a_namespace_within_its_quota_is_fully_advertised_whatever_the_others_hold(
+        case: tuple[dict[Any, Route], dict[Any, str], int, int, int], data: st.DataObject) -> None:
+    desired, owners, cap, quota, aggregates = case
+    # whatever gobgpd holds now: nothing (a restart), a random part of desired, or other namespaces' routes
+    actual = as_map(*data.draw(st.lists(st.sampled_from(sorted(desired.values(), key=lambda x: x.sort_key)))
+                               if desired else st.just([])))
+    p = plan(desired, actual, cap, quota, owners)
+    after = apply_plan(actual, p)
+    assert plan(desired, after, cap, quota, owners).empty
+    assert len(after) <= cap
+    sizes: dict[str, int] = {}
+    for owner in owners.values():
+        sizes[owner] = sizes.get(owner, 0) + 1
+    for namespace, n in sizes.items():
+        if n <= quota and aggregates + sum(min(m, quota, n) for m in sizes.values()) <= cap:
+            mine = {prefix for prefix, owner in owners.items() if owner == namespace}
+            assert mine <= set(after), (namespace, n, sizes)
+    if aggregates + sum(min(m, quota) for m in sizes.values()) <= cap:  # then everyone gets min(n, quota)
+        for namespace, n in sizes.items():
+            assert sum(owners.get(prefix) == namespace for prefix in after) == min(n, quota)
+
+
+def test_a_big_namespace_does_not_keep_a_new_one_out_even_from_an_empty_rib() -> None:
+    big = {host(1, i).prefix: host(1, i) for i in range(50)}
+    owners = dict.fromkeys(big, "/run/netns/big")
+    actual = dict(big)  # the big one got there first and fills the cap
+    new = {host(2, i).prefix: host(2, i) for i in range(5)}
+    owners.update(dict.fromkeys(new, "/run/netns/new"))
+    desired = {**big, **new}
+    for held in (actual, {}):  # before and after a gobgpd restart
+        after = apply_plan(held, plan(desired, held, 50, 1000, owners))
+        assert set(new) <= set(after) and len(after) == 50
+
+
+def test_quota_cuts_one_namespace_and_keeps_its_previously_advertised_routes() -> None:
+    routes = {host(1, i).prefix: host(1, i) for i in range(10)}
+    owners = dict.fromkeys(routes, "/run/netns/c")
+    earlier = {host(1, i).prefix for i in range(5, 10)}
+    chosen, over_quota, over_cap = allocate(routes, 100, 5, owners, earlier)
+    assert {route.prefix for route in chosen} == earlier and len(over_quota) == 5 and not over_cap
