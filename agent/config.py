@@ -274,7 +274,7 @@ def _overlaps(prefixes: list[IPNetwork]) -> list[str]:
     """Every pair of overlapping prefixes, by sort and sweep per family: O(n log n), not O(n²)."""
     problems = []
     order = sorted(range(len(prefixes)), key=lambda i: (prefixes[i].version, int(prefixes[i].network_address),
-                                                          -prefixes[i].prefixlen))
+                                                          prefixes[i].prefixlen))
     open_: tuple[int, int, int] | None = None  # (version, last address, index) of the widest prefix so far
     for i in order:
         prefix = prefixes[i]
@@ -332,11 +332,15 @@ def _read(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(str(path), [("", "not a regular file")])
-        data = file.read(MAX_CONFIG_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(str(path), [("", f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB")])
     try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def test_defaults() -> None:
         ({"networks": [{"prefix": "10.0.0.0/8"}, {"prefix": "10.1.0.0/16"}]}, "", "overlaps"),
         ({"networks": [{"prefix": "10.0.0.0/8", "large_communities": ["65001:4242:1"]}]}, "", "reserved"),
         ({"gobgp": {"target": "unix:/run/gobgpd.sock", "tls_ca_file": "/ca.pem"}}, "gobgp", "unix: socket"),
+        ({"gobgp": {"rpc_timeout": float("inf")}}, "gobgp.rpc_timeout", "finite number"),
+        ({"gobgp": {"rpc_timeout": 601.0}}, "gobgp.rpc_timeout", "less than or equal to 600"),
+        ({"timers": {"settle": float("nan")}}, "timers.settle", "finite number"),
+        ({"timers": {"netns_rescan": 0.0001}}, "timers.netns_rescan", "greater than or equal to 0.1"),
+        ({"max_prefixes": 1e26}, "max_prefixes", "valid integer"),
+        ({"max_prefixes": 10**26}, "max_prefixes", "less than or equal to 1000000"),
+        ({"max_prefixes_per_namespace": 0}, "max_prefixes_per_namespace", "greater than or equal to 1"),
+        ({"networks": [{"prefix": "0.0.0.0/0"}]}, "networks[0]", "any address"),
+        ({"networks": [{"prefix": "::/0"}]}, "networks[0]", "any address"),
+        ({"networks": [{"prefix": "10.0.0.0/7"}]}, "networks[0]", "wider than /8"),
+        ({"networks": [{"prefix": "10.0.0.0/8", "exclude": ["11.0.0.0/24"]}]}, "networks[0]", "not inside"),
+        ({"networks": [{"prefix": "10.0.0.0/8", "exclude": ["2001:db8::/64"]}]}, "networks[0]", "not inside"),
+        ({"status": {"socket": "agent.sock"}}, "status", "absolute path"),
     ],
 )
 def test_invalid_values_name_their_field(change: dict[str, Any], where: str, message: str) -> None:
@@ -125,3 +139,49 @@ def test_config_is_immutable() -> None:
     with pytest.raises(Exception, match="frozen"):
         config.max_prefixes = 5  # type: ignore[misc]
     assert isinstance(config, AgentConfig)
+
+
+def test_a_valid_exclude_and_the_namespace_quota_bounded_by_the_cap() -> None:
+    config = parse_config({**MINIMAL, "max_prefixes": 500,
+                           "networks": [{"prefix": "10.0.0.0/8", "exclude": ["10.0.0.0/24"]}]})
+    assert config.networks[0].excludes(ipaddress.ip_address("10.0.0.1"))
+    assert not config.networks[0].excludes(ipaddress.ip_address("10.0.1.1"))
+    assert config.max_prefixes_per_namespace == 1000 and config.namespace_quota == 500
+
+
+def test_overlaps_are_found_by_sweep_among_10000_networks() -> None:
+    networks = [{"prefix": f"10.{i >> 8}.{i & 255}.0/24"} for i in range(10_000)]
+    assert len(parse_config({**MINIMAL, "networks": networks}).networks) == 10_000
+    networks += [{"prefix": "10.3.0.0/16"}, {"prefix": "2001:db8::/32"}, {"prefix": "2001:db8:1::/48"}]
+    found = [text for _, text in problems({**MINIMAL, "networks": networks})]
+    overlaps = [line for text in found for line in text.split("; ") if "overlaps" in line]
+    assert len(overlaps) == 256 + 1  # every /24 inside 10.3.0.0/16, and the IPv6 pair
+    assert "networks[10002] 2001:db8:1::/48 overlaps networks[10001] 2001:db8::/32" in overlaps
+
+
+@pytest.mark.parametrize("content", [
+    b"x = " + b"[" * 100_000 + b"]" * 100_000,  # RecursionError in the TOML parser
+    b"x = " + b"{a = " * 5_000 + b"1" + b"}" * 5_000,
+    b"uplinks = [\"eth0\xff\"]",  # invalid UTF-8
+    bytes(range(256)) * 16,  # binary junk
+    b"#" * (17 * 1024 * 1024),  # larger than any configuration
+])
+def test_validate_exits_2_without_a_traceback_on_any_file(tmp_path: Path, content: bytes,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(content)
+    assert main(["validate", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_validate_refuses_directories_fifos_and_the_status_socket_on_the_config(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # no writer: a blocking open would hang here
+    for path in (tmp_path, fifo):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config(path)
+    itself = tmp_path / "agent.toml"
+    shutil.copy(REPO / "config" / "agent.toml", itself)
+    itself.write_text(itself.read_text().replace('socket = "/run/ipvlan-bgp/agent.sock"', f'socket = "{itself}"'))
+    with pytest.raises(ConfigError, match="configuration file itself"):
+        load_config(itself)
