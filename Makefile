@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian's python3 starts ~4x faster than a pyenv build inside the VM test tier (shared over 9p).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
-APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping python3-venv \
+APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping python3-venv systemd \
 	qemu-system-x86 kmod busybox-static
 PYTEST_ARGS ?=
 
