@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from .discovery import Discovery
-from .endpoints import Endpoint
+from .endpoints import Endpoint, printable
 from .gobgp import GobgpClient, GobgpError
 from .logs import setup_logging
 from .model import IPAddress
@@ -51,8 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID_CONFIG
     setup_logging(args.log_level or config.log.level, config.log.format)
     from .daemon import run_daemon
+    from .status import StatusSocketError
 
-    asyncio.run(run_daemon(config, args.config))
+    try:
+        asyncio.run(run_daemon(config, args.config))
+    except StatusSocketError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -181,9 +186,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
-                     for row in (header, *rows))
+    cells = [[printable(str(c)) for c in row] for row in (header, *rows)]  # names come from containers
+    widths = [max(len(c) for c in col) for col in zip(*cells, strict=False)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

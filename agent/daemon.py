@@ -105,7 +105,7 @@ class Daemon:
     async def run(self) -> None:
         if self.config.metrics.listen:
             try:
-                self.metrics.serve(self.config.metrics.listen)
+                await self.metrics.serve(self.config.metrics.listen)
             except OSError as exc:  # routes matter more than metrics: keep going, loudly
                 log.error("metrics: cannot listen on %s: %s", self.config.metrics.listen, exc)
         await self.status_server.start()
@@ -127,6 +127,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.status_server.close()
+            self.metrics.close()
             await self._shutdown()
 
     async def _watchdog_timer(self, interval: float) -> None:

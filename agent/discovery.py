@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
+from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, printable, uplink_ifindexes
 from .model import IPAddress
 from .rtnl import DROP_REASONS, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
 
@@ -61,10 +62,13 @@ def open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
     if path is None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
     else:
-        try:
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # never blocks (a FIFO), never follows a symlink; setns only into what is nsfs on this very fd
+            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
             raise NamespaceGone(f"{path}: {exc.strerror}") from None
+        if not _is_nsfs(target):
+            os.close(target)
+            raise NamespaceGone(f"{path}: not a namespace file")
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(target, path)
@@ -131,7 +135,7 @@ class NamespaceWatcher:
 
     @property
     def label(self) -> str:
-        return self.path or "(own namespace)"
+        return printable(self.path or "(own namespace)")
 
     async def run(self) -> None:
         failures = 0
@@ -255,6 +259,7 @@ class Discovery:
         self._resyncs_of_gone = 0
         self._dropped_of_gone: Counter[str] = Counter()
         self._unmounted: dict[str, float] = {}  # namespace files not bind-mounted yet -> first seen
+        self._junk: set[tuple[int, int]] = set()  # (device, inode) of entries that are not namespaces
         self._inotify: _DirectoryEvents | None = None
 
     def snapshot(self) -> tuple[Endpoint, ...]:
@@ -337,6 +342,8 @@ class Discovery:
 
     def _scan(self) -> None:
         present: dict[tuple[int, int], str] = {}
+        seen: set[tuple[int, int]] = set()
+        now = time.monotonic()
         for directory in self.netns_dirs:
             try:
                 names = sorted(os.listdir(directory))
@@ -344,16 +351,29 @@ class Discovery:
                 continue
             for name in names:
                 path = str(directory / name)
-                identity = namespace_identity(path)
-                if identity is None or identity == self._own_identity or identity in present:
+                try:
+                    st = os.lstat(path)
+                except OSError:
                     continue
-                if not _is_nsfs(path):
-                    # `ip netns add` and Docker create the file, then bind-mount it: no inotify event
-                    # follows the mount, so look again shortly.
-                    self._unmounted.setdefault(path, time.monotonic())
+                identity = (st.st_dev, st.st_ino)
+                seen.add(identity)
+                if identity == self._own_identity or identity in present or identity in self._junk:
+                    continue
+                if not stat.S_ISREG(st.st_mode) or not _is_nsfs(path):
+                    # `ip netns add` and Docker create an empty file, then bind-mount it: no inotify event
+                    # follows the mount, so look again shortly (for a while). Anything else is junk: remembered
+                    # by identity and skipped until it changes.
+                    if stat.S_ISREG(st.st_mode) and st.st_size == 0 \
+                            and now - self._unmounted.setdefault(path, now) < UNMOUNTED_PATIENCE:
+                        continue
+                    self._unmounted.pop(path, None)
+                    self._junk.add(identity)
+                    log.warning("ignoring %s: not a network namespace", printable(path))
                     continue
                 self._unmounted.pop(path, None)
                 present[identity] = path
+        self._junk &= seen
+        self._unmounted = {p: t for p, t in self._unmounted.items() if os.path.lexists(p)}
         for identity in list(self._watchers):
             watcher, task = self._watchers[identity]
             if identity not in present or watcher.gone:
@@ -367,8 +387,8 @@ class Discovery:
 
     def _next_scan_in(self) -> float:
         now = time.monotonic()
-        self._unmounted = {p: t for p, t in self._unmounted.items() if now - t < UNMOUNTED_PATIENCE}
-        return UNMOUNTED_RETRY if self._unmounted else self.rescan_interval
+        pending = any(now - t < UNMOUNTED_PATIENCE for t in self._unmounted.values())
+        return UNMOUNTED_RETRY if pending else self.rescan_interval
 
     def _forget(self, identity: tuple[int, int]) -> None:
         watcher, task = self._watchers.pop(identity)
@@ -383,9 +403,10 @@ class Discovery:
 _NSFS_MAGIC = 0x6E736673
 
 
-def _is_nsfs(path: str) -> bool:
+def _is_nsfs(path: str | int) -> bool:
+    """Whether ``path`` (or the open file descriptor) is on nsfs, the namespace file system."""
     buf = ctypes.create_string_buffer(128)
-    if _libc.statfs(path.encode(), buf) != 0:
+    if (_libc.fstatfs(path, buf) if isinstance(path, int) else _libc.statfs(path.encode(), buf)) != 0:
         return False
     return bool(struct.unpack_from("l", buf.raw)[0] == _NSFS_MAGIC)
 

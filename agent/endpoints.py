@@ -19,6 +19,19 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 OWN_NAMESPACE = ""  # Endpoint.netns of a slave in the agent's own namespace
 
 
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(256) if not chr(c).isprintable() or chr(c) == "\\"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a log line or a terminal table: a backslash and every non-printable character
+    (ESC, newline, ...) become \\xNN (or \\uNNNN beyond Latin-1). Interface names and namespace paths come
+    from containers."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_ESCAPES.get(ord(c), c) if ord(c) < 256 else c if c.isprintable() else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
 class IpvlanMode(IntEnum):
     L2 = 0
     L3 = 1
@@ -70,7 +83,7 @@ class Endpoint:
 
     @property
     def label(self) -> str:
-        return f"{self.netns or '(host)'}:{self.ifname}"
+        return printable(f"{self.netns or '(host)'}:{self.ifname}")
 
 
 @dataclass

@@ -5,20 +5,27 @@ Each Daemon owns a registry, so several agents in one process (tests) never shar
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Set
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .endpoints import Endpoint
 from .model import IPNetwork
 from .routes import Refusal
 
+MAX_CONNECTIONS = 16  # scrapers at once; more are turned away
+CONNECTION_TIMEOUT = 5.0  # seconds for a client to send its request (and take the answer)
+REQUEST_LIMIT = 8192  # bytes of request head
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._server: asyncio.AbstractServer | None = None
+        self._connections = 0
+        self._limits = (MAX_CONNECTIONS, CONNECTION_TIMEOUT)
         self.endpoints = Gauge("ipvlan_bgp_endpoints", "ipvlan L3/L3S endpoints seen", ["mode", "ready"], registry=r)
         self.prefixes = Gauge("ipvlan_bgp_prefixes_advertised", "Prefixes held in gobgpd",
                               ["kind", "family"], registry=r)
@@ -46,9 +53,44 @@ class Metrics:
         self._drops_seen: dict[str, int] = {}
         self.held = Gauge("ipvlan_bgp_endpoints_held_down", "Flapping endpoints held down", registry=r)
 
-    def serve(self, listen: str) -> None:
+    async def serve(self, listen: str, max_connections: int = MAX_CONNECTIONS,
+                    timeout: float = CONNECTION_TIMEOUT) -> None:
+        """Serve GET /metrics on the running loop: at most ``max_connections`` at once (more are closed at
+        once), each closed after ``timeout`` s without a complete request, one request per connection. No
+        thread per connection (prometheus_client's server holds one per idle client)."""
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        self._limits = (max_connections, timeout)
+        self._server = await asyncio.start_server(self._answer, host.strip("[]") or "127.0.0.1", int(port),
+                                                  limit=REQUEST_LIMIT)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        max_connections, timeout = self._limits
+        if self._connections >= max_connections:
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            method, target = [*head.split(b"\r\n", 1)[0].split(b" "), b"", b""][:2]
+            if method not in (b"GET", b"HEAD"):
+                status, body, kind = "405 Method Not Allowed", b"", "text/plain"
+            elif target.split(b"?", 1)[0] in (b"/", b"/metrics"):
+                status, body, kind = "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST
+            else:
+                status, body, kind = "404 Not Found", b"", "text/plain"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (body if method == b"GET" else b""))
+            await asyncio.wait_for(writer.drain(), timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            self._connections -= 1
+            writer.close()
 
     def observe_refusals(self, before: Mapping[Refusal, Set[IPNetwork]], now: Mapping[Refusal, Set[IPNetwork]]) -> None:
         """Refused prefixes now, and new refusals (once per prefix and episode), by reason."""

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,10 @@ def routes_of(daemon: Daemon) -> list[dict[str, Any]]:
     return rows
 
 
+class StatusSocketError(Exception):
+    """The status socket path holds something that is not a socket; it is never removed."""
+
+
 class StatusServer:
     def __init__(self, daemon: Daemon, path: Path) -> None:
         self.daemon = daemon
@@ -69,6 +74,9 @@ class StatusServer:
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise StatusSocketError(f"status.socket {self.path} exists and is not a socket: refusing to "
+                                        "replace it (fix status.socket or remove the file)")
             self.path.unlink()  # left over by a killed agent
         old = os.umask(0o177)
         try:
@@ -105,7 +113,8 @@ class StatusServer:
             self._server.close()
             await self._server.wait_closed()
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    self.path.unlink()
 
 
 async def query(path: Path, request: str, timeout: float = 10.0) -> Any:

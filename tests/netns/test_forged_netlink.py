@@ -1,16 +1,20 @@
-"""Only the kernel is believed (issue #11): a process with CAP_NET_ADMIN in a plain veth namespace multicasts a
-fake ipvlan-L3 RTM_NEWLINK + RTM_NEWADDR there; discovery must show no endpoint and count the drop. The control
-case shows the same bytes make an endpoint when believed, so the test can fail. No ipvlan needed."""
+"""Hostile input on the host tier (issue #11), no ipvlan needed. Only the kernel is believed: a process with
+CAP_NET_ADMIN in a plain veth namespace multicasts a fake ipvlan-L3 RTM_NEWLINK + RTM_NEWADDR there; discovery
+must show no endpoint and count the drop. The control case shows the same bytes make an endpoint when
+believed, so the test can fail. Junk in a namespace directory is remembered, not retried."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.config import parse_config
-from agent.discovery import Discovery
+from agent.discovery import UNMOUNTED_RETRY, Discovery, NamespaceGone, open_netlink_in
 from agent.endpoints import NamespaceView, endpoints_in, uplink_ifindexes
 from agent.lab.netns import create_netns, run_in
 from agent.routes import desired_routes
@@ -129,3 +133,28 @@ async def test_a_reply_sent_by_another_process_is_not_taken_for_the_kernels() ->
     finally:
         ours.close()
         forger.close()
+
+
+async def test_junk_in_a_namespace_directory_is_remembered_not_retried(discovery: Discovery, netns_dir: Path) -> None:
+    """A FIFO, a non-empty plain file, a symlink to a real namespace and a directory are looked at once and
+    then skipped (the 20 ms retry is only for an empty file awaiting its bind mount, and only for a while);
+    setns never happens through a symlink or into what is not nsfs."""
+    real = create_netns(netns_dir / unique("c"))
+    await eventually(lambda: discovery.stats().namespaces == 2, what="the real namespace")
+    os.mkfifo(netns_dir / "fifo")
+    (netns_dir / "plain").write_text("not a namespace")
+    (netns_dir / "link").symlink_to(real)
+    (netns_dir / "dir").mkdir()
+    await eventually(lambda: len(discovery._junk) == 4, what="four junk entries remembered")
+    assert discovery._next_scan_in() == discovery.rescan_interval  # no 20 ms retry for junk
+    assert discovery.stats().namespaces == 2
+    with pytest.raises(NamespaceGone):
+        open_netlink_in(str(netns_dir / "link"), 1 << 16)  # O_NOFOLLOW
+    with pytest.raises(NamespaceGone):
+        open_netlink_in(str(netns_dir / "fifo"), 1 << 16)  # opened without blocking, then not nsfs
+    (netns_dir / "pending").touch()  # what `ip netns add` makes before the bind mount
+    await eventually(lambda: str(netns_dir / "pending") in discovery._unmounted, what="pending file seen")
+    assert discovery._next_scan_in() == UNMOUNTED_RETRY
+    for name in ("fifo", "plain", "link", "pending"):
+        (netns_dir / name).unlink()
+    (netns_dir / "dir").rmdir()
