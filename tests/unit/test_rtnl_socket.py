@@ -4,6 +4,7 @@ and foreign sequence numbers are ignored; interrupted dumps are merged."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import socket
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import NamespaceWatcher
-from agent.endpoints import AddressChange, Link, NamespaceView
+from agent.discovery import NamespaceGone, NamespaceWatcher
+from agent.endpoints import AddressChange, Endpoint, IpvlanMode, Link, NamespaceView, printable
 from agent.rtnl import (
     NLM_F_DUMP_INTR,
     NLMSG_DONE,
@@ -24,6 +25,8 @@ from agent.rtnl import (
     RTM_NEWLINK,
     RTM_NEWNSID,
     Dump,
+    NetlinkParseError,
+    NetlinkTruncated,
     RtnlSocket,
     messages,
 )
@@ -110,3 +113,41 @@ async def test_receive_takes_every_queued_datagram_at_once(pair: tuple[socket.so
     for seq in range(5):
         kernel.send(message(RTM_NEWLINK, seq, newlink_bodies()[0]))
     assert len(await RtnlSocket(ours).receive()) == 5
+
+
+async def test_a_truncated_datagram_is_counted_and_raised_for_a_resync(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, kernel = pair
+    rtnl = RtnlSocket(ours)
+    kernel.send(b"\0" * (RtnlSocket.BUFFER + 1))
+    with pytest.raises(NetlinkTruncated):
+        await rtnl.receive()
+    assert rtnl.dropped["truncated"] == 1
+
+
+async def test_a_parse_error_costs_the_namespace_a_resync_not_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NamespaceWatcher.run survives the parser's error: it dumps the namespace again."""
+    sessions = 0
+
+    async def session(self: NamespaceWatcher) -> None:
+        nonlocal sessions
+        sessions += 1
+        if sessions < 3:
+            raise NetlinkParseError("garbage")
+        raise NamespaceGone("done")
+
+    monkeypatch.setattr(NamespaceWatcher, "_session", session)
+    watcher = NamespaceWatcher(None, lambda: None, None, 0, -1)  # type: ignore[arg-type]
+    await asyncio.wait_for(watcher.run(), 10)
+    assert sessions == 3 and watcher.resyncs == 2
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("eth0", "eth0"),
+    ("\x1b[31mred", "\\x1b[31mred"),
+    ("a\nb\\c", "a\\x0ab\\x5cc"),
+    ("/run/netns/\x7f", "/run/netns/\\x7f"),
+])
+def test_names_from_containers_are_escaped(raw: str, shown: str) -> None:
+    assert printable(raw) == shown
+    assert Endpoint(raw, raw, 1, IpvlanMode.L3, "eth0", (), True).label == f"{shown}:{shown}"
