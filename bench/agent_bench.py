@@ -110,7 +110,7 @@ class RibWatch:
 def agent_config(target: str, uplink: str, netns_dir: Path, **extra: Any) -> AgentConfig:
     data: dict[str, Any] = {
         "uplinks": [uplink], "ownership_community": str(OWNER), "netns_dirs": [str(netns_dir)],
-        "gobgp": {"target": target}, "max_prefixes": 200_000,
+        "gobgp": {"target": target}, "max_prefixes": 200_000, "max_prefixes_per_namespace": 200_000,
         "networks": [{"prefix": "10.0.0.0/8", "advertise": "host"}],
         "status": {"socket": str(netns_dir.parent / "agent.sock")}, "metrics": {"listen": ""},
         "timers": {"full_reconcile": 3600.0},
@@ -253,7 +253,8 @@ def agent_process(target: str, uplink: str, netns_dir: Path, name: str) -> Itera
     config = netns_dir.parent / f"{name}.toml"
     config.write_text(
         f'uplinks = ["{uplink}"]\nownership_community = "{OWNER}"\nnetns_dirs = ["{netns_dir}"]\n'
-        f'max_prefixes = 200000\n[gobgp]\ntarget = "{target}"\n[status]\nsocket = "{netns_dir.parent / name}.sock"\n'
+        f'max_prefixes = 200000\nmax_prefixes_per_namespace = 200000\n'
+        f'[gobgp]\ntarget = "{target}"\n[status]\nsocket = "{netns_dir.parent / name}.sock"\n'
         '[metrics]\nlisten = ""\n[[networks]]\nprefix = "10.0.0.0/8"\nadvertise = "host"\n')
     with (netns_dir.parent / f"{name}.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", str(config)], stdout=log,
