@@ -320,8 +320,11 @@ class Discovery:
         inotify = self._inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
         try:
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives just as
+                # the event is set (an inotify event at shutdown), and the task then never ends.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirs_changed.wait(), self._next_scan_in())
+                    async with asyncio.timeout(self._next_scan_in()):
+                        await self._dirs_changed.wait()
                 self._dirs_changed.clear()
                 inotify.refresh()
                 self._scan()
