@@ -5,6 +5,7 @@ believed, so the test can fail. Junk in a namespace directory is remembered, not
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -158,3 +159,17 @@ async def test_junk_in_a_namespace_directory_is_remembered_not_retried(discovery
     for name in ("fifo", "plain", "link", "pending"):
         (netns_dir / name).unlink()
     (netns_dir / "dir").rmdir()
+
+
+async def test_discovery_exposes_the_hosts_own_addresses(discovery: Discovery) -> None:
+    """Address ownership needs them: an address of the host is never advertised from a container."""
+    a, b = unique("ha"), unique("hb")
+    run_in(None, "ip", "link", "add", a, "type", "veth", "peer", "name", b)
+    try:
+        run_in(None, "ip", "address", "add", "198.18.77.1/32", "dev", a)
+        await eventually(lambda: ipaddress.ip_address("198.18.77.1") in discovery.host_addresses(),
+                         what="the host's new address")
+    finally:
+        run_in(None, "ip", "link", "del", a, check=False)
+    await eventually(lambda: ipaddress.ip_address("198.18.77.1") not in discovery.host_addresses(),
+                     what="the address gone with its interface")
