@@ -4,13 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian's python3 starts ~4x faster than a pyenv build inside the VM test tier (shared over 9p).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
-APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping python3-venv systemd \
-	qemu-system-x86 kmod busybox-static
+APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping python3-venv \
+	qemu-system-x86 kmod busybox-static \
+	debhelper dpkg-dev fakeroot help2man lintian systemd prometheus
 PYTEST_ARGS ?=
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
-.PHONY: setup deps venv stubs test test-fast lint demo bench install clean
+.PHONY: setup deps venv stubs wheel deb test test-fast lint demo bench install clean
 
 setup: deps venv stubs
 
@@ -34,6 +35,24 @@ venv: $(VENV)/.installed
 stubs: venv
 	$(PY) proto/generate.py
 
+# The wheel generates its own GoBGP stubs while it is built (setup.py); the dev venv has the build tools,
+# so no network is needed here. Output in dist/.
+DIST ?= dist
+wheel: venv
+	rm -rf build $(DIST)/ipvlan_bgp_agent-*.whl
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST) .
+	@ls -1 $(DIST)/*.whl
+
+# The Debian package (debian/, debhelper): a virtualenv in /opt/ipvlan-bgp-agent with the wheel and its PyPI
+# dependencies, the agent unit, a drop-in for Debian's gobgpd.service. Output in dist/, checked by lintian.
+deb: venv
+	dpkg-checkbuilddeps
+	mkdir -p $(DIST)
+	debian/rules clean binary WHEEL_PYTHON=$(abspath $(PY)) WHEEL_FLAGS=--no-build-isolation DEB_DESTDIR=$(abspath $(DIST))
+	debian/rules clean
+	lintian --fail-on error,warning $(DIST)/ipvlan-bgp-agent_*.deb
+	@ls -1 $(DIST)/*.deb
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -56,20 +75,29 @@ bench: setup
 	$(PY) bench/gobgp_baseline.py
 	$(PY) bench/agent_bench.py $(BENCH_ARGS)
 
-# Install beside gobgpd on a host: a virtualenv in $(PREFIX), /usr/local/bin/ipvlan-bgp, the systemd units
-# and an example config (kept if one exists). Then: edit /etc/ipvlan-bgp/agent.toml and /etc/gobgpd/gobgpd.toml,
-# `systemctl enable --now gobgpd ipvlan-bgp-agent`.
-install: stubs
+# Install from source beside Debian's gobgpd: a virtualenv in $(PREFIX) with the wheel, /usr/local/bin/ipvlan-bgp,
+# the agent unit, the drop-in for Debian's gobgpd.service, the docs and example configs (kept if they exist).
+# Then: edit /etc/ipvlan-bgp/agent.toml and /etc/gobgpd/gobgpd.toml, `systemctl enable --now gobgpd ipvlan-bgp-agent`.
+DOCDIR ?= /usr/share/doc/ipvlan-bgp-agent
+install: wheel
 	$(BASE_PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q --upgrade pip
-	$(PREFIX)/bin/pip install -q .
+	$(PREFIX)/bin/pip install -q $(DIST)/ipvlan_bgp_agent-*.whl
+	$(PREFIX)/bin/pip install -q --force-reinstall --no-deps $(DIST)/ipvlan_bgp_agent-*.whl  # same version, new code
 	ln -sf $(PREFIX)/bin/ipvlan-bgp /usr/local/bin/ipvlan-bgp
-	install -D -m 0644 config/ipvlan-bgp-agent.service /etc/systemd/system/ipvlan-bgp-agent.service
-	test -e /etc/systemd/system/gobgpd.service || install -D -m 0644 config/gobgpd.service /etc/systemd/system/gobgpd.service
+	sed 's|/opt/ipvlan-bgp-agent|$(PREFIX)|g' config/ipvlan-bgp-agent.service > /etc/systemd/system/ipvlan-bgp-agent.service
+	install -D -m 0644 config/gobgpd.service.d/ipvlan-bgp.conf /etc/systemd/system/gobgpd.service.d/ipvlan-bgp.conf
+	install -d $(DOCDIR)/examples
+	install -m 0644 README.md docs/install.md docs/operations.md docs/troubleshooting.md docs/metrics.md \
+	  docs/ipv6.md docs/docker.md $(DOCDIR)/
+	install -m 0644 config/gobgpd.toml config/examples/gobgpd-dual-tor.toml contrib/prometheus/alerts.yml \
+	  contrib/grafana/ipvlan-bgp.json $(DOCDIR)/examples/
 	test -e /etc/ipvlan-bgp/agent.toml || install -D -m 0600 config/agent.toml /etc/ipvlan-bgp/agent.toml
 	test -e /etc/gobgpd/gobgpd.toml || install -D -m 0644 config/gobgpd.toml /etc/gobgpd/gobgpd.toml
 	-systemctl daemon-reload 2>/dev/null
-	@echo "installed; edit /etc/ipvlan-bgp/agent.toml, then: systemctl enable --now gobgpd ipvlan-bgp-agent"
+	@echo "installed; edit /etc/ipvlan-bgp/agent.toml and /etc/gobgpd/gobgpd.toml, then:" \
+	  "systemctl restart gobgpd && systemctl enable --now ipvlan-bgp-agent"
 
 clean:
-	rm -rf $(VENV) agent/gobgpapi build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) agent/gobgpapi build $(DIST) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	-test ! -x debian/rules || debian/rules clean

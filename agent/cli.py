@@ -15,17 +15,15 @@ from . import __version__
 from .config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from .discovery import Discovery
 from .endpoints import Endpoint, printable
-from .gobgp import GobgpClient, GobgpError
 from .logs import setup_logging
 from .model import IPAddress
-from .reconciler import Reconciler
 from .routes import Desired, Plan
-from .status import query
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID_CONFIG = 2
 EXIT_UNREACHABLE = 3
+STUBS_PACKAGE = "agent.gobgpapi"
 
 
 def _load_or_report(path: Path) -> AgentConfig | None:
@@ -62,6 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _ask_agent(config: AgentConfig, request: str) -> Any:
+    from .status import query
+
     try:
         return asyncio.run(query(config.status.socket, request))
     except (OSError, TimeoutError, ValueError) as exc:
@@ -154,6 +154,9 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 async def _plan(config: AgentConfig) -> tuple[Desired, Plan]:
+    from .gobgp import GobgpClient
+    from .reconciler import Reconciler
+
     endpoints, host_addresses = await _discover(config)
     async with GobgpClient(config.gobgp.target, config.ownership_community, tls_ca_file=config.gobgp.tls_ca_file,
                            tls_server_name=config.gobgp.tls_server_name,
@@ -168,6 +171,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID_CONFIG
+    from .gobgp import GobgpError
+
     try:
         desired, p = asyncio.run(_plan(config))
     except GobgpError as exc:
@@ -228,6 +233,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipvlan-bgp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ipvlan-bgp-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
@@ -259,7 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except ModuleNotFoundError as exc:
+        # Modules that talk to gobgpd import the generated stubs lazily, so --help, --version and validate work
+        # without them; a command that needs them says what to do instead of printing a traceback.
+        if not (exc.name or "").startswith(STUBS_PACKAGE):
+            raise
+        print(f"error: the GoBGP API stubs ({STUBS_PACKAGE}) are missing: run `make stubs` in a source checkout, "
+              "or install the wheel or .deb, which ship them", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

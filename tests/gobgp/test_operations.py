@@ -51,13 +51,13 @@ aggregate_when = "always"
     return path
 
 
-@pytest.mark.parametrize("unit", ["ipvlan-bgp-agent.service", "gobgpd.service"])
+@pytest.mark.parametrize("unit", ["ipvlan-bgp-agent.service"])  # gobgpd's drop-in: tests/packaging/test_deb.py
 def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     if not shutil.which("systemd-analyze"):
         pytest.fail("systemd-analyze is missing: apt-get install systemd")
     text = (REPO / "config" / unit).read_text()
     # verify checks that executables exist: point it at this checkout's
-    text = text.replace("/usr/local/bin/ipvlan-bgp", str(Path(sys.executable).parent / "ipvlan-bgp"))
+    text = text.replace("/opt/ipvlan-bgp-agent/bin/ipvlan-bgp", str(Path(sys.executable).parent / "ipvlan-bgp"))
     copy = tmp_path / unit
     copy.write_text(text)
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True)
