@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, wiring
 from .config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
-from .discovery import Discovery
 from .endpoints import Endpoint
-from .gobgp import GobgpClient, GobgpError
+from .gobgp import GobgpError
 from .logs import setup_logging
 from .reconciler import Reconciler
 from .routes import Desired, Plan
@@ -49,9 +48,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID_CONFIG
     setup_logging(args.log_level or config.log.level, config.log.format)
-    from .daemon import run_daemon
+    from .daemon import AgentFailed, run_daemon
 
-    asyncio.run(run_daemon(config, args.config))
+    try:
+        asyncio.run(run_daemon(config, args.config))
+    except AgentFailed:
+        return EXIT_FAILURE  # already logged; systemd (Restart=on-failure) starts a fresh agent
     return EXIT_OK
 
 
@@ -114,7 +116,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 async def _discover(config: AgentConfig) -> tuple[Endpoint, ...]:
-    discovery = Discovery(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
+    discovery = wiring.discovery(config)
     task = asyncio.create_task(discovery.run())
     try:
         await discovery.synced.wait()
@@ -146,9 +148,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 async def _plan(config: AgentConfig) -> tuple[Desired, Plan]:
     endpoints = await _discover(config)
-    async with GobgpClient(config.gobgp.target, config.ownership_community, tls_ca_file=config.gobgp.tls_ca_file,
-                           tls_server_name=config.gobgp.tls_server_name,
-                           rpc_timeout=config.gobgp.rpc_timeout) as client:
+    async with wiring.gobgp_client(config) as client:
         await client.connect(config.gobgp.connect_timeout)
         reconciler = Reconciler(client, config)
         return reconciler.compute(endpoints, await reconciler.read_actual())

@@ -104,12 +104,17 @@ class OnShutdown(StrEnum):
     WITHDRAW = "withdraw"
 
 
+UNIT_WATCHDOG_SEC = 90  # WatchdogSec in config/ipvlan-bgp-agent.service
+
+
 class GobgpConfig(_Strict):
     target: str = Field(default="127.0.0.1:50051", min_length=1)
     tls_ca_file: Path | None = None
     tls_server_name: str | None = None
     connect_timeout: float = Field(default=10.0, gt=0)
-    rpc_timeout: float = Field(default=30.0, gt=0)
+    # Below half the shipped unit's WatchdogSec: a frozen gobgpd is reported (STATUS=, status, metric)
+    # within one watchdog period, and a shutdown withdraw's first call ends before systemd gives up.
+    rpc_timeout: float = Field(default=30.0, gt=0, lt=UNIT_WATCHDOG_SEC / 2)
 
     @model_validator(mode="after")
     def _tls_needs_tcp(self) -> Self:

@@ -5,8 +5,8 @@ net). Each namespace gets two netlink sockets (events and requests, see agent.rt
 with setns(2) on a helper thread (no fork: the process also runs gRPC); the first is subscribed to link
 and address events, then the namespace is dumped through the second. On any netlink
 error - ENOBUFS after an event burst included - the namespace is dumped again from scratch, so the view
-is never stale. ``snapshot()`` returns the complete, immutable set of endpoints; ``changed`` is set
-whenever it may differ from the last one (consumers clear it; bursts coalesce).
+is never stale. ``snapshot()`` returns the complete, immutable set of endpoints; every callback given to
+``subscribe`` is called whenever it may differ from the last one (cheap and often: consumers coalesce).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
 from .rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
@@ -112,6 +113,7 @@ class NamespaceWatcher:
         self._rcvbuf = rcvbuf
         self._own_ns_fd = own_ns_fd
         self._derived: tuple[NamespaceView, int, int | None, dict[int, str], tuple[Endpoint, ...]] | None = None
+        self._session_synced = False  # the current session completed its dump
 
     def endpoints(self, uplinks: dict[int, str]) -> tuple[Endpoint, ...]:
         """The endpoints of this namespace, re-derived only when its view or the uplinks changed."""
@@ -141,14 +143,13 @@ class NamespaceWatcher:
                 return
             except Exception as exc:  # netlink errors (ENOBUFS, ...): start over with a fresh dump
                 self.resyncs += 1
-                failures += 1
+                # a session that got as far as a complete view was a success: its failure starts a new count
+                failures = 1 if self._session_synced else min(failures + 1, 8)
                 if self.path is not None and not _is_nsfs(self.path):
                     self._drop(gone=True)
                     return
                 log.warning("netlink resync in %s after %s", self.label, _describe(exc))
-                await asyncio.sleep(min(0.01 * 2**failures, 1.0) if failures > 1 else 0)
-            else:
-                failures = 0
+                await asyncio.sleep(_resync_delay(failures))
 
     def _drop(self, gone: bool) -> None:
         self.gone = gone
@@ -160,6 +161,7 @@ class NamespaceWatcher:
     async def _session(self) -> None:
         # Two sockets: the event socket never sends, so every message on it is an event; replies to our
         # requests arrive on the other one.
+        self._session_synced = False
         events = RtnlSocket(await self._open(self._rcvbuf))
         requests: RtnlSocket | None = None
         try:
@@ -170,6 +172,7 @@ class NamespaceWatcher:
                 await self._dump_into(view, dump)
             view.own_nsid = await self._own_nsid(requests)
             self.view = view
+            self._session_synced = True
             self._on_change()
             self.synced.set()
             while True:
@@ -214,6 +217,11 @@ class NamespaceWatcher:
         return await requests.nsid_of(self._own_ns_fd)
 
 
+def _resync_delay(failures: int) -> float:
+    """None after the first failure of a streak (an ENOBUFS burst), then 20 ms doubling up to 1 s."""
+    return 0.0 if failures <= 1 else min(0.01 * 2 ** min(failures, 8), 1.0)
+
+
 def _describe(exc: BaseException) -> str:
     code = getattr(exc, "code", None) or getattr(exc, "errno", None)
     if code is not None and code in errno.errorcode:
@@ -227,6 +235,19 @@ class DiscoveryStats:
     resyncs: int
 
 
+class EndpointSource(Protocol):
+    """What the daemon needs from discovery (the seam where tests put a stand-in)."""
+
+    synced: asyncio.Event  # set once every namespace present at start has been read
+
+    def subscribe(self, on_change: Callable[[], None]) -> None: ...
+    def snapshot(self) -> tuple[Endpoint, ...]: ...
+    def stats(self) -> DiscoveryStats: ...
+    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None: ...
+    async def run(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 class Discovery:
     def __init__(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float = 10.0,
                  *, host_netns: str | None = None, container_rcvbuf: int = CONTAINER_RCVBUF,
@@ -235,8 +256,7 @@ class Discovery:
         self.uplinks = tuple(uplinks)
         self.netns_dirs = tuple(Path(d) for d in netns_dirs)
         self.rescan_interval = rescan_interval
-        self.changed = asyncio.Event()
-        self.first_change_at: float | None = None  # monotonic time of the first change since a consumer reset it
+        self._subscribers: list[Callable[[], None]] = []
         self.synced = asyncio.Event()  # own namespace and every namespace present at start dumped once
         self._container_rcvbuf = container_rcvbuf
         self._own_rcvbuf = own_rcvbuf
@@ -262,15 +282,19 @@ class Discovery:
             found.extend(watcher.endpoints(uplinks))
         return tuple(found)  # ordered by Endpoint.key: the own namespace ("") first, then by path and ifindex
 
-    def _note_change(self) -> None:
-        if self.first_change_at is None:
-            self.first_change_at = time.monotonic()
-        self.changed.set()
+    def subscribe(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` whenever the snapshot may have changed (and once when discovery is synced)."""
+        self._subscribers.append(on_change)
 
-    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path]) -> None:
+    def _note_change(self) -> None:
+        for on_change in self._subscribers:
+            on_change()
+
+    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None:
         """New uplinks apply at the next snapshot; new directories at the next scan, which this triggers."""
         self.uplinks = tuple(uplinks)
         self.netns_dirs = tuple(Path(d) for d in netns_dirs)
+        self.rescan_interval = rescan_interval
         if self._inotify is not None:
             self._inotify.set_directories(self.netns_dirs)
         self._dirs_changed.set()
@@ -289,21 +313,28 @@ class Discovery:
     async def run(self) -> None:
         """Run until cancelled."""
         self._tasks.append(asyncio.create_task(self._own.run(), name="netns-own"))
-        self._scan()
+        self._rescan(None)
         await asyncio.gather(self._own.synced.wait(), *(w.synced.wait() for w, _ in self._watchers.values()))
         self.synced.set()
-        self.changed.set()
+        self._note_change()
         inotify = self._inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirs_changed.wait(), self._next_scan_in())
                 self._dirs_changed.clear()
-                inotify.refresh()
-                self._scan()
+                self._rescan(inotify)
         finally:
             inotify.close()
             await self.close()
+
+    def _rescan(self, inotify: _DirectoryEvents | None) -> None:
+        try:
+            if inotify is not None:
+                inotify.refresh()
+            self._scan()
+        except Exception:  # one failed rescan must not end them all: the next one tries again
+            log.exception("namespace rescan failed")
 
     async def close(self) -> None:
         tasks = self._tasks + [task for _, task in self._watchers.values()]
@@ -321,7 +352,9 @@ class Discovery:
         for directory in self.netns_dirs:
             try:
                 names = sorted(os.listdir(directory))
-            except OSError:
+            except OSError as exc:  # missing, or not readable (PermissionError): the others still count
+                if not isinstance(exc, FileNotFoundError):
+                    log.warning("cannot list namespace directory %s: %s", directory, exc.strerror)
                 continue
             for name in names:
                 path = str(directory / name)
@@ -336,7 +369,7 @@ class Discovery:
                 self._unmounted.pop(path, None)
                 present[identity] = path
         for identity in list(self._watchers):
-            watcher, task = self._watchers[identity]
+            watcher, _ = self._watchers[identity]
             if identity not in present or watcher.gone:
                 self._forget(identity)
         for identity, path in present.items():
@@ -396,9 +429,9 @@ class _DirectoryEvents:
             return
         mask = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_ATTRIB
         for directory in self._dirs:
-            if directory not in self._watched and directory.is_dir() \
+            if directory not in self._watched \
                     and _libc.inotify_add_watch(self._fd, str(directory).encode(), mask) >= 0:
-                self._watched.add(directory)
+                self._watched.add(directory)  # fails (ENOENT, EACCES, ENOTDIR) until it is a usable directory
 
     def _read(self) -> None:
         with contextlib.suppress(BlockingIOError):

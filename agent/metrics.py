@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from .endpoints import Endpoint
 from .model import IPNetwork
+from .state import PassResult
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -41,6 +42,11 @@ class Metrics:
         self.namespaces = Gauge("ipvlan_bgp_namespaces_watched", "Network namespaces watched", registry=r)
         self.errors = Counter("ipvlan_bgp_errors_total", "Errors by kind", ["kind"], registry=r)
         self.held = Gauge("ipvlan_bgp_endpoints_held_down", "Flapping endpoints held down", registry=r)
+        self.healthy = Gauge("ipvlan_bgp_healthy", "1 while in sync with gobgpd and every task runs", registry=r)
+        self.task_restarts = Counter("ipvlan_bgp_task_restarts_total", "Supervised tasks restarted after ending "
+                                     "unexpectedly", ["task"], registry=r)
+        self.reloads = Counter("ipvlan_bgp_config_reloads_total", "Configuration reloads (SIGHUP) by outcome",
+                               ["result"], registry=r)
 
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -62,3 +68,25 @@ class Metrics:
             counts[(kind, f"ipv{prefix.version}")] += 1
         for (kind, family), count in counts.items():
             self.prefixes.labels(kind=kind, family=family).set(count)
+
+    def observe_pass(self, result: PassResult) -> None:
+        """Everything a reconcile pass tells, observed from outside it."""
+        self.observe_endpoints(result.endpoints)
+        self.held.set(len(result.held_down))
+        self.namespaces.set(result.namespaces)
+        self.resyncs.set(result.resyncs)
+        if result.plan is None:
+            self.passes.labels(result="error").inc()
+            self.errors.labels(kind=result.error or "unknown").inc()
+            return
+        self.pass_seconds.observe(result.duration)
+        self.passes.labels(result="ok").inc()
+        self.paths_sent.labels(op="add").inc(len(result.plan.add))
+        self.paths_sent.labels(op="withdraw").inc(len(result.plan.withdraw))
+        if result.event_latency is not None:
+            self.latency.observe(result.event_latency)
+        self.observe_prefixes(result.advertised)
+        self.refused.labels(reason="outside_networks").set(len(result.refused_outside))
+        self.refused.labels(reason="max_prefixes").set(len(result.refused_cap))
+        self.refusals.labels(reason="outside_networks").inc(result.newly_refused_outside)
+        self.refusals.labels(reason="max_prefixes").inc(result.newly_refused_cap)

@@ -125,3 +125,15 @@ def test_config_is_immutable() -> None:
     with pytest.raises(Exception, match="frozen"):
         config.max_prefixes = 5  # type: ignore[misc]
     assert isinstance(config, AgentConfig)
+
+
+def test_rpc_timeout_must_fit_the_shipped_units_watchdog() -> None:
+    from agent.config import UNIT_WATCHDOG_SEC
+
+    unit = (Path(__file__).parents[2] / "config" / "ipvlan-bgp-agent.service").read_text()
+    assert f"\nWatchdogSec={UNIT_WATCHDOG_SEC}\n" in unit
+    parse_config({"uplinks": ["eth0"], "ownership_community": "65001:4242:1",
+                  "gobgp": {"rpc_timeout": UNIT_WATCHDOG_SEC / 2 - 1}})
+    with pytest.raises(ConfigError, match="rpc_timeout"):
+        parse_config({"uplinks": ["eth0"], "ownership_community": "65001:4242:1",
+                      "gobgp": {"rpc_timeout": UNIT_WATCHDOG_SEC / 2}})

@@ -214,4 +214,4 @@ async def test_gobgpd_sigkill_and_restart_all_paths_back(gobgpd: Gobgpd, client:
         answered = time.monotonic()
         await wait_owned(client, wanted)
         print(f"gobgpd restart: full RIB {time.monotonic() - answered:.3f} s after its API answered again")
-        assert daemon.gobgp_restarts >= 1
+        assert daemon.state.gobgp_restarts >= 1

@@ -1,0 +1,17 @@
+"""The one place that builds the agent's edges from a configuration."""
+
+from __future__ import annotations
+
+from .config import AgentConfig
+from .discovery import Discovery
+from .gobgp import GobgpClient
+
+
+def gobgp_client(config: AgentConfig) -> GobgpClient:
+    g = config.gobgp
+    return GobgpClient(g.target, config.ownership_community, tls_ca_file=g.tls_ca_file,
+                       tls_server_name=g.tls_server_name, rpc_timeout=g.rpc_timeout)
+
+
+def discovery(config: AgentConfig) -> Discovery:
+    return Discovery(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
