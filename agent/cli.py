@@ -180,36 +180,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      for row in (header, *rows))
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from .lab import demo
-    from .lab.embedded import EmbeddedLab, LabError
-    from .lab.topology import load_topology
-
-    topology_path = args.topology.resolve()
-    if args.action == "demo":
-        return demo.main(["--topology", str(topology_path)])
-    lab = EmbeddedLab(load_topology(topology_path))
-    try:
-        if args.action == "up":
-            if not demo.kernel_has_ipvlan():
-                print("this kernel has no ipvlan, so the lab cannot stay up here; `ipvlan-bgp lab demo` runs it "
-                      "(up, show, down) inside a VM", file=sys.stderr)
-                return EXIT_FAILURE
-            lab.up()
-            return EXIT_OK if demo.show(lab) else EXIT_FAILURE
-        if args.action == "status":
-            if not lab.state.namespaces:
-                print(f"lab {lab.topology.name} is not up", file=sys.stderr)
-                return EXIT_FAILURE
-            return EXIT_OK if demo.show(lab, timeout=0.0) else EXIT_FAILURE
-        lab.down()
-        print(f"lab {lab.topology.name} is down")
-        return EXIT_OK
-    except (LabError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"ipvlan-bgp-agent {__version__}")
     return EXIT_OK
@@ -238,9 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     endpoints = add("endpoints", cmd_endpoints, "show the endpoints discovery sees now (no gobgpd needed)")
     endpoints.add_argument("--json", action="store_true")
     add("plan", cmd_plan, "show what the agent would add and withdraw now (dry run, changes nothing)")
-    lab = add("lab", cmd_lab, "the embedded lab: a containerlab topology on network namespaces", config=False)
-    lab.add_argument("action", choices=["up", "status", "down", "demo"])
-    lab.add_argument("topology", type=Path, nargs="?", default=Path("containerlab/rack.clab.yml"))
     add("version", cmd_version, "print the version", config=False)
     return parser
 

@@ -86,6 +86,7 @@ class Daemon:
         self._on_ready = on_ready
         self._stopping = False
         self._in_sync = False
+        self._ready = False  # READY=1 sent (after the first good pass)
         self._last_pass_ended = float("-inf")
         self._heartbeat = time.monotonic()
 
@@ -258,11 +259,12 @@ class Daemon:
                 retry.reset()
                 self._in_sync = True
                 self._set_health(True)
-                if self._on_ready is not None:
+                if not self._ready:
+                    self._ready = True
                     log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
                     notify("READY=1")
-                    self._on_ready()
-                    self._on_ready = None
+                    if self._on_ready is not None:
+                        self._on_ready()
             else:
                 self._in_sync = False
                 self._set_health(False, f"reconcile failed: {result.error}")

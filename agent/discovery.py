@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, uplink_ifindexes
+from .endpoints import OWN_NAMESPACE, Endpoint, endpoints_in, uplink_ifindexes
+from .netlink_types import Link, NamespaceView
+from .netns import DirectoryEvents, NamespaceGone, is_nsfs, namespace_identity, open_netlink_in
 from .rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
 
 log = logging.getLogger(__name__)
@@ -37,60 +37,9 @@ CONTAINER_RCVBUF = 4 * 1024 * 1024  # ~4,000 queued events (an skb costs ~1 KiB)
 DUMP_ATTEMPTS = 5
 UNMOUNTED_RETRY = 0.02  # seconds between looks at a namespace file that is not mounted yet
 UNMOUNTED_PATIENCE = 5.0  # after this, an unmounted file waits for the regular rescan
-_CLONE_NEWNET = 0x40000000
-_SO_RCVBUFFORCE = 33
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class NamespaceGone(Exception):
-    """The namespace file no longer names a network namespace (deleted, or not mounted yet)."""
-
-
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise NamespaceGone(f"setns {what}: {os.strerror(err)}")
-
-
-def open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
-    """A NETLINK_ROUTE socket living in the namespace at ``path`` (None: the caller's namespace).
-
-    Runs on a dedicated thread: setns(2) switches only the calling thread, which then switches back.
-    """
-    if path is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-    else:
-        try:
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NamespaceGone(f"{path}: {exc.strerror}") from None
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target, path)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-            finally:
-                _setns(home, "back to the agent's namespace")
-        finally:
-            os.close(target)
-            os.close(home)
-    with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; SO_RCVBUF (capped by rmem_max) is the fallback
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
-    return sock
-
-
 def _close_result(future: asyncio.Future[socket.socket]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result().close()
-
-
-def namespace_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of a namespace file: two bind mounts of one namespace share it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def _unsigned_nsid(value: int | None) -> int | None:
@@ -145,7 +94,7 @@ class NamespaceWatcher:
                 self.resyncs += 1
                 # a session that got as far as a complete view was a success: its failure starts a new count
                 failures = 1 if self._session_synced else min(failures + 1, 8)
-                if self.path is not None and not _is_nsfs(self.path):
+                if self.path is not None and not is_nsfs(self.path):
                     self._drop(gone=True)
                     return
                 log.warning("netlink resync in %s after %s", self.label, _describe(exc))
@@ -270,7 +219,7 @@ class Discovery:
         self._dirs_changed = asyncio.Event()
         self._resyncs_of_gone = 0
         self._unmounted: dict[str, float] = {}  # namespace files not bind-mounted yet -> first seen
-        self._inotify: _DirectoryEvents | None = None
+        self._inotify: DirectoryEvents | None = None
 
     def snapshot(self) -> tuple[Endpoint, ...]:
         own_view = self._own.view
@@ -317,7 +266,7 @@ class Discovery:
         await asyncio.gather(self._own.synced.wait(), *(w.synced.wait() for w, _ in self._watchers.values()))
         self.synced.set()
         self._note_change()
-        inotify = self._inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
+        inotify = self._inotify = DirectoryEvents(self.netns_dirs, self._dirs_changed)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -328,7 +277,7 @@ class Discovery:
             inotify.close()
             await self.close()
 
-    def _rescan(self, inotify: _DirectoryEvents | None) -> None:
+    def _rescan(self, inotify: DirectoryEvents | None) -> None:
         try:
             if inotify is not None:
                 inotify.refresh()
@@ -361,7 +310,7 @@ class Discovery:
                 identity = namespace_identity(path)
                 if identity is None or identity == self._own_identity or identity in present:
                     continue
-                if not _is_nsfs(path):
+                if not is_nsfs(path):
                     # `ip netns add` and Docker create the file, then bind-mount it: no inotify event
                     # follows the mount, so look again shortly.
                     self._unmounted.setdefault(path, time.monotonic())
@@ -391,56 +340,3 @@ class Discovery:
         if watcher.view is not None:
             watcher.view = None
             self._note_change()
-
-
-_NSFS_MAGIC = 0x6E736673
-
-
-def _is_nsfs(path: str) -> bool:
-    buf = ctypes.create_string_buffer(128)
-    if _libc.statfs(path.encode(), buf) != 0:
-        return False
-    return bool(struct.unpack_from("l", buf.raw)[0] == _NSFS_MAGIC)
-
-
-_IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO, _IN_ATTRIB = 0x100, 0x200, 0x40, 0x80, 0x4
-_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
-
-
-class _DirectoryEvents:
-    """inotify on the namespace directories; any event just asks for a rescan. Missing directories
-    are watched once they exist (checked on every refresh)."""
-
-    def __init__(self, directories: Iterable[Path], wake: asyncio.Event) -> None:
-        self._fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        self._dirs = tuple(directories)
-        self._watched: set[Path] = set()
-        self._wake = wake
-        if self._fd >= 0:
-            asyncio.get_running_loop().add_reader(self._fd, self._read)
-        self.refresh()
-
-    def set_directories(self, directories: Iterable[Path]) -> None:
-        self._dirs = tuple(directories)
-        self.refresh()
-
-    def refresh(self) -> None:
-        if self._fd < 0:
-            return
-        mask = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_ATTRIB
-        for directory in self._dirs:
-            if directory not in self._watched \
-                    and _libc.inotify_add_watch(self._fd, str(directory).encode(), mask) >= 0:
-                self._watched.add(directory)  # fails (ENOENT, EACCES, ENOTDIR) until it is a usable directory
-
-    def _read(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._fd, 65536):
-                pass
-        self._wake.set()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1

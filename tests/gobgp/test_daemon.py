@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd
 
 from agent.config import AgentConfig, parse_config
 from agent.daemon import Daemon, running
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd
 from agent.model import Attributes, LargeCommunity, Route
 
 from ..helpers import eventually

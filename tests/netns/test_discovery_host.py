@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.containers import ifindex, netlink_in
+from ipvlan_bgp_lab.netns import create_netns, delete_netns, run_in
 
 from agent.discovery import Discovery
-from agent.lab.containers import ifindex, netlink_in
-from agent.lab.netns import create_netns, delete_netns, run_in
 
 from ..helpers import eventually
 

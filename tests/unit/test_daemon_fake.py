@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from pathlib import Path
@@ -196,11 +197,11 @@ async def test_a_hung_gobgpd_does_not_stop_watchdog_pings(tmp_path: Path, monkey
             discovery.set(endpoint("10.1.0.3/16"))  # the pass now waits on gobgpd forever
             pings()
             try:
-                seen = 0
-                for _ in range(30):  # 3 s: longer than any heartbeat allowance
+                seen = []
+                for _ in range(40):  # 4 s: the last second is past any heartbeat allowance (2 s)
                     await asyncio.sleep(0.1)
-                    seen += pings()
-                assert seen >= 20
+                    seen.append(pings())
+                assert sum(seen[-10:]) >= 5, seen
                 assert daemon.reconciler.stats.passes == 1  # the pass is still stuck
             finally:
                 fake.release()
@@ -208,3 +209,34 @@ async def test_a_hung_gobgpd_does_not_stop_watchdog_pings(tmp_path: Path, monkey
     finally:
         listener.close()
 
+
+
+async def test_ready_status_and_stopping_reach_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    messages: list[bytes] = []
+
+    def received() -> list[bytes]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(listener.recv(4096))
+        return messages
+
+    fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
+    daemon = Daemon(agent_config(tmp_path), speaker=fake, discovery=discovery)  # no on_ready: as under systemd
+    task = asyncio.create_task(daemon.run())
+    try:
+        await eventually(lambda: b"READY=1" in received(), timeout=10, what="READY=1")
+        assert b"STATUS=in sync: 2 path(s)" in messages
+        fake.restart()
+        await eventually(lambda: any(m.startswith(b"STATUS=NOT HEALTHY") for m in received()), timeout=10,
+                         what="unhealthy status")
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        assert received()[-1] == b"STOPPING=1"
+    finally:
+        daemon.stop()
+        listener.close()

@@ -80,3 +80,12 @@ class _Synced:
 
     async def run(self) -> None:
         await asyncio.Event().wait()
+
+
+async def test_reconfigure_applies_the_rescan_interval(tmp_path: Path) -> None:
+    discovery = Discovery(["eth0"], [tmp_path], rescan_interval=10.0)
+    try:
+        discovery.reconfigure(["eth1"], [tmp_path], 3.0)
+        assert discovery._next_scan_in() == 3.0 and discovery.uplinks == ("eth1",)
+    finally:
+        await discovery.close()

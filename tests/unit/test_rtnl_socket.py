@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.discovery import NamespaceWatcher
-from agent.endpoints import AddressChange, Link, NamespaceView
+from agent.netlink_types import AddressChange, Link, NamespaceView
 from agent.rtnl import (
     NLM_F_DUMP_INTR,
     NLMSG_DONE,
