@@ -96,7 +96,7 @@ class EmbeddedLab:
 
     def up(self, progress: Any = print) -> LabState:
         if self.state.namespaces:
-            raise LabError(f"lab {self.topology.name} is already up (ipvlan-bgp lab down first)")
+            raise LabError(f"lab {self.topology.name} is already up (ipvlan-bgp-lab down first)")
         state = self.state
         save_state(state)
         try:
