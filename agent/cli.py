@@ -79,7 +79,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         g, e, p, r = status["gobgpd"], status["endpoints"], status["prefixes"], status["reconcile"]
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_at"])) if r["last_at"] else "never"
         lines = [
-            f"agent:      {'healthy' if status['healthy'] else 'NOT HEALTHY'}",
+            f"agent:      {'healthy' if status['healthy'] else 'NOT HEALTHY: ' + str(status.get('unhealthy_reason'))}",
             f"gobgpd:     {g['target']} {'reachable' if g['reachable'] else 'UNREACHABLE'}, "
             f"{g['restarts_seen']} restart(s) seen",
         ]

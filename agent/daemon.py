@@ -5,6 +5,11 @@ first change after a quiet period is handled at once; changes that arrive during
 settle window after it, coalesce into the next one (a burst costs a pass per window, not per event).
 The first pass waits for the complete initial dump of every namespace, so a restarting agent never
 mistakes "not looked yet" for "gone" and withdraws live paths.
+
+Supervised: the side tasks (gobgpd watch, drift timer, watchdog) restart with backoff when they end;
+discovery cannot restart in place, so its end makes the agent unhealthy and ``run`` raise AgentFailed
+(exit 1: systemd starts a fresh agent). A pass never ends the loop, whatever it raises. The watchdog
+is fed while the loop's heartbeat is fresh, which it keeps during a long pass as well.
 """
 
 from __future__ import annotations

@@ -293,8 +293,10 @@ class Discovery:
         self._watchers.clear()
         self._tasks.clear()
         self._opener.shutdown(wait=False)
-        with contextlib.suppress(OSError):
-            os.close(self._own_ns_fd)
+        if self._own_ns_fd >= 0:  # close() runs twice (run's end, then the daemon's): never close a reused fd
+            with contextlib.suppress(OSError):
+                os.close(self._own_ns_fd)
+            self._own_ns_fd = -1
 
     def _scan(self) -> None:
         present: dict[tuple[int, int], str] = {}
