@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from . import wiring
@@ -329,7 +330,8 @@ class Daemon:
                       resyncs: int) -> None:
         r = self.reconciler.stats
         desired = self.reconciler.desired
-        self._publish(endpoints=endpoints, held_down=len(held), advertised=dict(self.reconciler.actual or {}),
+        self._publish(endpoints=endpoints, held_down=len(held),
+                      advertised=MappingProxyType(dict(self.reconciler.actual or {})),
                       sources=desired.sources if desired is not None else {},
                       refused_outside=frozenset(r.refused_outside), refused_cap=frozenset(r.refused_cap),
                       namespaces=namespaces, resyncs=resyncs, passes=r.passes, failures=r.failures,

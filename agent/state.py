@@ -41,7 +41,7 @@ class AgentState:
     gobgp_restarts: int = 0
     endpoints: tuple[Endpoint, ...] = ()
     held_down: int = 0
-    advertised: Mapping[IPNetwork, Route] = field(default_factory=dict)  # a copy: never mutated
+    advertised: Mapping[IPNetwork, Route] = field(default_factory=dict)  # a read-only copy
     sources: Mapping[IPNetwork, tuple[str, ...]] = field(default_factory=dict)
     refused_outside: frozenset[IPNetwork] = frozenset()
     refused_cap: frozenset[IPNetwork] = frozenset()

@@ -14,7 +14,7 @@ import pytest
 from agent.config import AgentConfig, parse_config
 from agent.daemon import AgentFailed, Daemon, running
 from agent.endpoints import Endpoint, IpvlanMode
-from agent.model import LargeCommunity
+from agent.model import Attributes, LargeCommunity, Route
 from agent.systemd import notify
 
 from ..fakes import FakeDiscovery, FakeGobgp
@@ -240,3 +240,17 @@ async def test_ready_status_and_stopping_reach_systemd(tmp_path: Path, monkeypat
     finally:
         daemon.stop()
         listener.close()
+
+
+async def test_start_adopts_own_paths_withdraws_stale_leaves_foreign(tmp_path: Path) -> None:
+    fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
+    other = LargeCommunity(65001, 4242, 2)
+    for prefix, owner in (("10.1.0.2/32", OWNER), ("10.1.0.0/16", OWNER), ("10.1.0.99/32", OWNER),
+                          ("10.9.0.0/24", other)):
+        fake.rib[ipaddress.ip_network(prefix)] = Route(ipaddress.ip_network(prefix), None,
+                                                       Attributes(large_communities=(owner,)))
+    async with running(agent_config(tmp_path), speaker=fake, discovery=discovery) as daemon:
+        assert held(fake) == {"10.1.0.2/32", "10.1.0.0/16"}
+        assert "10.9.0.0/24" in {str(p) for p in fake.rib}
+        assert daemon.reconciler.stats.added == 0 and daemon.reconciler.stats.withdrawn == 1
+        assert fake.paths_written == 1  # only the stale path: live ones are never withdrawn and re-added
