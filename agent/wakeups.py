@@ -39,9 +39,6 @@ class Wakeups:
             old.cancel()
         self._timers[reason] = asyncio.get_running_loop().call_later(delay, self.post, reason)
 
-    def pending(self, reason: Reason) -> bool:
-        return reason in self._reasons
-
     async def wait(self, timeout: float) -> bool:
         """Until something is posted (True) or ``timeout`` passes (False)."""
         with contextlib.suppress(TimeoutError):
