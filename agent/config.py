@@ -114,7 +114,14 @@ class GobgpConfig(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0)
     # Below half the shipped unit's WatchdogSec: a frozen gobgpd is reported (STATUS=, status, metric)
     # within one watchdog period, and a shutdown withdraw's first call ends before systemd gives up.
-    rpc_timeout: float = Field(default=30.0, gt=0, lt=UNIT_WATCHDOG_SEC / 2)
+    rpc_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _rpc_timeout_fits_the_watchdog(self) -> Self:
+        if not self.rpc_timeout < UNIT_WATCHDOG_SEC / 2:
+            raise ValueError(f"rpc_timeout must be below {UNIT_WATCHDOG_SEC / 2:g} s (half of WatchdogSec="
+                             f"{UNIT_WATCHDOG_SEC} in the shipped systemd unit), got {self.rpc_timeout:g}")
+        return self
 
     @model_validator(mode="after")
     def _tls_needs_tcp(self) -> Self:
