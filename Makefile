@@ -24,10 +24,11 @@ deps:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -e ./lab
 	touch $@
 
 venv: $(VENV)/.installed
@@ -60,12 +61,12 @@ test-fast: setup
 	$(PY) -m pytest -m 'not vm' $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check agent tests bench proto
+	$(VENV)/bin/ruff check agent lab tests bench proto
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench/*.py
 
 demo: setup
-	$(PY) -m agent.lab.demo
+	$(VENV)/bin/ipvlan-bgp-lab demo
 
 # Benchmarks (not part of `make test`): the bare GoBGP API baseline, then the agent on real ipvlan (in the
 # VM where this kernel has none). Figures are printed; JSON and a PNG land in bench/results/.

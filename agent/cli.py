@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, wiring
 from .config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
-from .discovery import Discovery
 from .endpoints import Endpoint, printable
 from .logs import setup_logging
 from .model import IPAddress
@@ -48,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID_CONFIG
     setup_logging(args.log_level or config.log.level, config.log.format)
-    from .daemon import run_daemon
+    from .daemon import AgentFailed, run_daemon
     from .status import StatusSocketError
 
     try:
@@ -56,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StatusSocketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except AgentFailed:
+        return EXIT_FAILURE  # already logged; systemd (Restart=on-failure) starts a fresh agent
     return EXIT_OK
 
 
@@ -83,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         g, e, p, r = status["gobgpd"], status["endpoints"], status["prefixes"], status["reconcile"]
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_at"])) if r["last_at"] else "never"
         lines = [
-            f"agent:      {'healthy' if status['healthy'] else 'NOT HEALTHY'}",
+            f"agent:      {'healthy' if status['healthy'] else 'NOT HEALTHY: ' + str(status.get('unhealthy_reason'))}",
             f"gobgpd:     {g['target']} {'reachable' if g['reachable'] else 'UNREACHABLE'}, "
             f"{g['restarts_seen']} restart(s) seen",
         ]
@@ -123,7 +124,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 async def _discover(config: AgentConfig) -> tuple[tuple[Endpoint, ...], frozenset[IPAddress]]:
     """The endpoints, and the host's own addresses (never advertised)."""
-    discovery = Discovery(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
+    discovery = wiring.discovery(config)
     task = asyncio.create_task(discovery.run())
     try:
         await discovery.synced.wait()
@@ -154,13 +155,10 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 async def _plan(config: AgentConfig) -> tuple[Desired, Plan]:
-    from .gobgp import GobgpClient
     from .reconciler import Reconciler
 
     endpoints, host_addresses = await _discover(config)
-    async with GobgpClient(config.gobgp.target, config.ownership_community, tls_ca_file=config.gobgp.tls_ca_file,
-                           tls_server_name=config.gobgp.tls_server_name,
-                           rpc_timeout=config.gobgp.rpc_timeout) as client:
+    async with wiring.gobgp_client(config) as client:
         await client.connect(config.gobgp.connect_timeout)
         reconciler = Reconciler(client, config)
         reconciler.host_addresses = host_addresses
@@ -196,36 +194,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells)
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from .lab import demo
-    from .lab.embedded import EmbeddedLab, LabError
-    from .lab.topology import load_topology
-
-    topology_path = args.topology.resolve()
-    if args.action == "demo":
-        return demo.main(["--topology", str(topology_path)])
-    lab = EmbeddedLab(load_topology(topology_path))
-    try:
-        if args.action == "up":
-            if not demo.kernel_has_ipvlan():
-                print("this kernel has no ipvlan, so the lab cannot stay up here; `ipvlan-bgp lab demo` runs it "
-                      "(up, show, down) inside a VM", file=sys.stderr)
-                return EXIT_FAILURE
-            lab.up()
-            return EXIT_OK if demo.show(lab) else EXIT_FAILURE
-        if args.action == "status":
-            if not lab.state.namespaces:
-                print(f"lab {lab.topology.name} is not up", file=sys.stderr)
-                return EXIT_FAILURE
-            return EXIT_OK if demo.show(lab, timeout=0.0) else EXIT_FAILURE
-        lab.down()
-        print(f"lab {lab.topology.name} is down")
-        return EXIT_OK
-    except (LabError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"ipvlan-bgp-agent {__version__}")
     return EXIT_OK
@@ -255,9 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     endpoints = add("endpoints", cmd_endpoints, "show the endpoints discovery sees now (no gobgpd needed)")
     endpoints.add_argument("--json", action="store_true")
     add("plan", cmd_plan, "show what the agent would add and withdraw now (dry run, changes nothing)")
-    lab = add("lab", cmd_lab, "the embedded lab: a containerlab topology on network namespaces", config=False)
-    lab.add_argument("action", choices=["up", "status", "down", "demo"])
-    lab.add_argument("topology", type=Path, nargs="?", default=Path("containerlab/rack.clab.yml"))
     add("version", cmd_version, "print the version", config=False)
     return parser
 

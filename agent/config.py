@@ -109,12 +109,24 @@ class OnShutdown(StrEnum):
     WITHDRAW = "withdraw"
 
 
+UNIT_WATCHDOG_SEC = 90  # WatchdogSec in config/ipvlan-bgp-agent.service
+
+
 class GobgpConfig(_Strict):
     target: str = Field(default="127.0.0.1:50051", min_length=1)
     tls_ca_file: Path | None = None
     tls_server_name: str | None = None
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    # Below half the shipped unit's WatchdogSec: a frozen gobgpd is reported (STATUS=, status, metric)
+    # within one watchdog period, and a shutdown withdraw's first call ends before systemd gives up.
     rpc_timeout: float = Field(default=30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _rpc_timeout_fits_the_watchdog(self) -> Self:
+        if not self.rpc_timeout < UNIT_WATCHDOG_SEC / 2:
+            raise ValueError(f"rpc_timeout must be below {UNIT_WATCHDOG_SEC / 2:g} s (half of WatchdogSec="
+                             f"{UNIT_WATCHDOG_SEC} in the shipped systemd unit), got {self.rpc_timeout:g}")
+        return self
 
     @model_validator(mode="after")
     def _tls_needs_tcp(self) -> Self:

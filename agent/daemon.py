@@ -5,104 +5,143 @@ first change after a quiet period is handled at once; changes that arrive during
 settle window after it, coalesce into the next one (a burst costs a pass per window, not per event).
 The first pass waits for the complete initial dump of every namespace, so a restarting agent never
 mistakes "not looked yet" for "gone" and withdraws live paths.
+
+Supervised: the side tasks (gobgpd watch, drift timer, watchdog) restart with backoff when they end;
+discovery cannot restart in place, so its end makes the agent unhealthy and ``run`` raise AgentFailed
+(exit 1: systemd starts a fresh agent). A pass never ends the loop, whatever it raises. The watchdog
+is fed while the loop's heartbeat is fresh, which it keeps during a long pass as well.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
 
+from . import wiring
 from .config import AgentConfig, ConfigError, OnShutdown, load_config
 from .dampening import FlapDamper
-from .discovery import Discovery
+from .discovery import DiscoveryStats, EndpointSource
 from .endpoints import Endpoint
-from .gobgp import GobgpClient, GobgpError, GobgpEventKind
+from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
 from .metrics import Metrics
+from .model import IPNetwork
 from .reconciler import Reconciler
+from .routes import Plan, Refusal
+from .state import AgentState, PassResult
 from .status import StatusServer
 from .systemd import notify, watchdog_interval
+from .wakeups import Reason, Wakeups
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.2
 RETRY_MAX = 5.0
+TASK_RESTART_FIRST = 0.5
+TASK_RESTART_MAX = 30.0
+TASK_HEALTHY_AFTER = 60.0  # a task that ran this long before ending starts its backoff afresh
+HEARTBEAT = 1.0  # the loop answers at least this often, idle or inside a pass
+
+
+T = TypeVar("T")
+
+
+class AgentFailed(Exception):
+    """A part of the agent ended and cannot be restarted in place: exit non-zero, systemd restarts us."""
+
+
+class Backoff:
+    def __init__(self, first: float, maximum: float) -> None:
+        self.first, self.maximum, self._next = first, maximum, first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+# Changes that take a restart to apply; a reload that changes one of them is refused whole.
+RESTART_ONLY = ("gobgp", "status", "metrics", "ownership_community")
 
 
 class Daemon:
-    def __init__(self, config: AgentConfig, *, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, speaker: BgpSpeaker | None = None,
+                 discovery: EndpointSource | None = None, on_ready: Callable[[], None] | None = None) -> None:
         self.config = config
-        self.discovery = Discovery(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
-        self.client = GobgpClient(
-            config.gobgp.target,
-            config.ownership_community,
-            tls_ca_file=config.gobgp.tls_ca_file,
-            tls_server_name=config.gobgp.tls_server_name,
-            rpc_timeout=config.gobgp.rpc_timeout,
-        )
-        self.reconciler = Reconciler(self.client, config)
+        self.discovery = discovery if discovery is not None else wiring.discovery(config)
+        self.speaker = speaker if speaker is not None else wiring.gobgp_client(config)
+        self.reconciler = Reconciler(self.speaker, config)
         self.damper = FlapDamper(config.dampening)
         self.metrics = Metrics()
-        self.status_server = StatusServer(self, config.status.socket)
-        self.last_endpoints: tuple[Endpoint, ...] = ()
-        self.held_down: tuple[Endpoint, ...] = ()
-        self.gobgp_reachable = False
-        self.gobgp_restarts = 0
-        self.healthy = False
+        self.wakeups = Wakeups()
+        self.discovery.subscribe(lambda: self.wakeups.post(Reason.CHANGE))
+        self.state = AgentState(gobgp_target=config.gobgp.target)
+        self.status_server = StatusServer(lambda: self.state, self.speaker.list_peers, config.status.socket)
+        self.failure: str | None = None  # why the agent gave up (exits non-zero)
+        self._held_down: tuple[Endpoint, ...] = ()
         self._on_ready = on_ready
-        self._stop = asyncio.Event()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._watchdog_due = False
-        self._rib_check_due = False
-        self._pass_requested = False  # by a reload, a retry or a hold-down release
+        self._stopping = False
+        self._in_sync = False
+        self._ready = False  # READY=1 sent (after the first good pass)
         self._last_pass_ended = float("-inf")
+        self._heartbeat = time.monotonic()
 
     @property
-    def wake(self) -> asyncio.Event:
-        return self.discovery.changed
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def healthy(self) -> bool:
+        return self.state.healthy
 
     def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
+        self._stopping = True
+        self.wakeups.post(Reason.STOP)
 
-    def _request_pass(self) -> None:
-        self._pass_requested = True
-        self.wake.set()
+    def _publish(self, **changes: Any) -> None:
+        """Replace the published state (status readers only ever see a whole, consistent one)."""
+        self.state = dataclasses.replace(self.state, **changes)
+        self.metrics.healthy.set(1 if self.state.healthy else 0)
 
-    def _pass_in(self, delay: float, purpose: str) -> None:
-        """One pending pass per purpose (retry, hold-down release): a new one replaces the old."""
-        if (old := self._timers.pop(purpose, None)) is not None:
-            old.cancel()
-        self._timers[purpose] = asyncio.get_running_loop().call_later(delay, self._request_pass)
+    def _set_health(self, healthy: bool, reason: str = "") -> None:
+        if healthy == self.state.healthy and (healthy or reason == self.state.unhealthy_reason):
+            return
+        self._publish(healthy=healthy, unhealthy_reason=reason)
+        notify("STATUS=" + (f"in sync: {len(self.reconciler.actual or {})} path(s)" if healthy
+                            else f"NOT HEALTHY: {reason}"))
 
-    def _pass_needed(self) -> bool:
-        """False when nothing changed on either side since the last good pass, so its plan would be empty
-        (at 10,000 endpoints a pass is ~0.35 s of CPU, and the periodic checks would otherwise pay it)."""
-        return (self._pass_requested or not self.healthy or self.reconciler.actual is None
-                or self.discovery.first_change_at is not None)
-
-    def reload(self, config: AgentConfig) -> None:
-        """Take a new, already validated config; the next pass re-sends only prefixes whose routes changed."""
-        if config.gobgp != self.config.gobgp or config.status != self.config.status \
-                or config.metrics != self.config.metrics:
-            log.warning("reload: [gobgp], [status] and [metrics] changes take effect at the next restart")
-            config = config.model_copy(update={"gobgp": self.config.gobgp, "status": self.config.status,
-                                               "metrics": self.config.metrics})
+    def reload(self, config: AgentConfig) -> bool:
+        """Take a new, already validated config, or refuse it whole (False) if part of it needs a restart.
+        The next pass re-sends only prefixes whose routes changed."""
+        needs_restart = [name for name in RESTART_ONLY if getattr(config, name) != getattr(self.config, name)]
+        if needs_restart:
+            log.error("reload refused, still running on the previous configuration: %s change(s) need a restart",
+                      ", ".join(needs_restart))
+            self.metrics.reloads.labels(result="refused").inc()
+            return False
         self.config = config
         self.reconciler.config = config
         self.damper.config = config.dampening
-        self.discovery.reconfigure(config.uplinks, config.netns_dirs)
+        self.discovery.reconfigure(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
         setup_logging(config.log.level, config.log.format)
         log.info("configuration reloaded")
-        self._request_pass()
+        self.metrics.reloads.labels(result="ok").inc()
+        self.wakeups.post(Reason.RELOAD)
+        return True
 
     async def run(self) -> None:
+        """Run until ``stop()``; raise AgentFailed if a part of the agent died for good."""
         if self.config.metrics.listen:
             try:
                 await self.metrics.serve(self.config.metrics.listen)
@@ -110,80 +149,140 @@ class Daemon:
                 log.error("metrics: cannot listen on %s: %s", self.config.metrics.listen, exc)
         await self.status_server.start()
         tasks = [
-            asyncio.create_task(self.discovery.run(), name="discovery"),
-            asyncio.create_task(self._watch_gobgp(), name="gobgp-watch"),
-            asyncio.create_task(self._drift_timer(), name="drift-checks"),
+            asyncio.create_task(self._fatal_if_ends("discovery", self.discovery.run), name="discovery"),
+            asyncio.create_task(self._supervised("gobgp-watch", self._watch_gobgp), name="gobgp-watch"),
+            asyncio.create_task(self._supervised("drift-checks", self._drift_timer), name="drift-checks"),
         ]
         interval = watchdog_interval()
         if interval:
-            tasks.append(asyncio.create_task(self._watchdog_timer(interval), name="watchdog"))
+            tasks.append(asyncio.create_task(self._supervised("watchdog", lambda: self._liveness(interval)),
+                                             name="watchdog"))
         try:
+            await self._connect()
             await self._main_loop()
         finally:
             notify("STOPPING=1")
-            for timer in self._timers.values():
-                timer.cancel()
+            self.wakeups.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.status_server.close()
             self.metrics.close()
             await self._shutdown()
+        if self.failure is not None:
+            raise AgentFailed(self.failure)
 
-    async def _watchdog_timer(self, interval: float) -> None:
-        """Wake the loop regularly; the loop itself pings systemd, so a wedged loop stops the pings."""
+    async def _connect(self) -> None:
+        timeout = self.config.gobgp.connect_timeout
+        try:
+            await self._beating(asyncio.wait_for(self.speaker.connect(timeout), timeout + 1))
+        except (GobgpError, TimeoutError) as exc:
+            log.error("gobgpd did not answer within connect_timeout: %s; waiting for it", exc)
+            self._set_health(False, f"gobgpd unreachable at {self.config.gobgp.target}")
+
+    async def _supervised(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``run()`` for as long as the agent runs: if it ends or raises, log, count, restart with backoff."""
+        backoff = Backoff(TASK_RESTART_FIRST, TASK_RESTART_MAX)
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                log.error("task %s ended unexpectedly; restarting it", name)
+            except Exception:
+                log.exception("task %s failed; restarting it", name)
+            self.metrics.task_restarts.labels(task=name).inc()
+            if time.monotonic() - started >= TASK_HEALTHY_AFTER:
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
+
+    async def _fatal_if_ends(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """For a task that cannot be restarted in place: if it ends, the agent is unhealthy and exits non-zero."""
+        try:
+            await run()
+            reason = f"task {name} ended unexpectedly"
+        except Exception as exc:
+            log.exception("task %s failed", name)
+            reason = f"task {name} failed: {type(exc).__name__}: {exc}"
+        log.critical("%s; exiting so that systemd restarts the agent", reason)
+        self.failure = reason
+        self.metrics.task_restarts.labels(task=name).inc()
+        self._set_health(False, reason)
+        self.stop()
+
+    async def _liveness(self, interval: float) -> None:
+        """Ping systemd's watchdog while the loop answers (its heartbeat is fresh), even during a long pass;
+        a wedged event loop, a stuck loop or a dead part of the agent stops the pings."""
         while True:
             await asyncio.sleep(interval)
-            self._watchdog_due = True
-            self.wake.set()
+            if self.failure is None and time.monotonic() - self._heartbeat < max(interval, 2 * HEARTBEAT):
+                notify("WATCHDOG=1")
+
+    async def _beating(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work`` while keeping the loop's heartbeat going (a re-push of 10,000 paths may take a while)."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=HEARTBEAT)
+                self._heartbeat = time.monotonic()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return task.result()
+
+    async def _wait_until_synced(self) -> None:
+        while not self.discovery.synced.is_set() and not self._stopping:
+            self._heartbeat = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.discovery.synced.wait()), HEARTBEAT)
 
     async def _main_loop(self) -> None:
-        synced = asyncio.create_task(self.discovery.synced.wait())
-        stopped = asyncio.create_task(self._stop.wait())
-        await asyncio.wait([synced, stopped], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        synced.cancel()
+        await self._wait_until_synced()
+        if self._stopping:
+            return
         log.info("discovery synced: %d namespace(s)", self.discovery.stats().namespaces)
-        retry = RETRY_FIRST
-        while not self._stop.is_set():
-            await self.wake.wait()
-            if self._stop.is_set():
-                break
+        self.wakeups.post(Reason.CHANGE)
+        retry = Backoff(RETRY_FIRST, RETRY_MAX)
+        while not self._stopping:
+            self._heartbeat = time.monotonic()
+            if not await self.wakeups.wait(HEARTBEAT):
+                continue
             quiet_for = time.monotonic() - self._last_pass_ended
-            if quiet_for < self.config.timers.settle:
+            if quiet_for < self.config.timers.settle and not self._stopping:
                 await asyncio.sleep(self.config.timers.settle - quiet_for)
-            self.wake.clear()
-            if self._rib_check_due:
-                self._rib_check_due = False
+            reasons, first_change_at = self.wakeups.take()
+            if self._stopping:
+                break
+            if Reason.FULL_READ in reasons:
+                self.reconciler.invalidate()
+            elif Reason.RIB_CHECK in reasons:
                 await self._check_rib()
-            if not self._pass_needed():
-                self._ping_watchdog()
+            if not self._pass_needed(reasons):
                 continue
-            self._pass_requested = False
-            first_event_at = self.discovery.first_change_at
-            self.discovery.first_change_at = None
-            ok = await self._pass()
+            result = await self._beating(self._pass(first_change_at))
             self._last_pass_ended = time.monotonic()
-            self._ping_watchdog()
-            if not ok:
-                self._pass_in(retry, "retry")
-                retry = min(retry * 2, RETRY_MAX)
-                continue
-            if first_event_at is not None:
-                self.metrics.latency.observe(time.monotonic() - first_event_at)
-            retry = RETRY_FIRST
-            if not self.healthy:
-                self.healthy = True
-                log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
-                notify(f"READY=1\nSTATUS=in sync: {len(self.reconciler.actual or {})} path(s)")
-                if self._on_ready is not None:
-                    self._on_ready()
-                    self._on_ready = None
+            self.metrics.observe_pass(result)
+            if result.ok:
+                retry.reset()
+                self._in_sync = True
+                self._set_health(True)
+                if not self._ready:
+                    self._ready = True
+                    log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
+                    notify("READY=1")
+                    if self._on_ready is not None:
+                        self._on_ready()
+            else:
+                self._in_sync = False
+                self._set_health(False, f"reconcile failed: {result.error}")
+                self.wakeups.post_in(retry.next(), Reason.RETRY)
 
-    def _ping_watchdog(self) -> None:
-        if self._watchdog_due:
-            self._watchdog_due = False
-            notify("WATCHDOG=1")
+    def _pass_needed(self, reasons: set[Reason]) -> bool:
+        """False when nothing changed on either side since the last good pass, so its plan would be empty
+        (at 10,000 endpoints a pass is ~0.35 s of CPU, and the periodic checks would otherwise pay it)."""
+        wanting = {Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD}
+        return bool(reasons & wanting) or not self._in_sync or self.reconciler.actual is None
 
     async def _check_rib(self) -> None:
         try:
@@ -195,58 +294,68 @@ class Daemon:
             log.debug("gobgpd's path counts moved without us: re-reading its table")
             self.reconciler.invalidate()
 
-    async def _pass(self) -> bool:
+    async def _pass(self, first_change_at: float | None) -> PassResult:
         endpoints = self.discovery.snapshot()
         damped = self.damper.filter(endpoints, time.monotonic())
         if damped.next_release is not None:
-            self._pass_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, "release")
-        for endpoint in set(damped.held) - set(self.held_down):
+            self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
+        for endpoint in set(damped.held) - set(self._held_down):
             log.warning("holding down flapping endpoint %s", endpoint.label)
-        self.last_endpoints, self.held_down = endpoints, damped.held
-        m = self.metrics
-        m.observe_endpoints(endpoints)
-        m.held.set(len(damped.held))
+        self._held_down = damped.held
         stats = self.discovery.stats()
-        m.namespaces.set(stats.namespaces)
-        m.resyncs.set(stats.resyncs)
-        refused_before = dict(self.reconciler.stats.refused)
+        refused_before = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
         started = time.perf_counter()
+        plan: Plan | None = None
+        error: str | None = None
         try:
             self.reconciler.host_addresses = self.discovery.host_addresses()
             plan = await self.reconciler.reconcile(damped.endpoints)
-        except GobgpError as exc:
-            self.healthy = False
-            m.passes.labels(result="error").inc()
-            m.errors.labels(kind=type(exc).__name__).inc()
-            log.warning("reconcile failed: %s", exc)
-            return False
-        m.pass_seconds.observe(time.perf_counter() - started)
-        m.passes.labels(result="ok").inc()
-        m.paths_sent.labels(op="add").inc(len(plan.add))
-        m.paths_sent.labels(op="withdraw").inc(len(plan.withdraw))
-        m.observe_prefixes(self.reconciler.actual or {})
-        stats_now = self.reconciler.stats
-        m.observe_refusals(refused_before, stats_now.refused)
-        m.observe_netlink_drops(stats.dropped)
-        return True
+        except Exception as exc:  # any failure costs a retry, never the loop
+            error = type(exc).__name__
+            if isinstance(exc, GobgpError):
+                log.warning("reconcile failed: %s", exc)
+            else:
+                log.exception("reconcile failed unexpectedly")
+        duration = time.perf_counter() - started
+        refused = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
+        self._publish_pass(endpoints, damped.held, stats, refused)
+        return PassResult(
+            endpoints=endpoints, held_down=damped.held, namespaces=stats.namespaces, resyncs=stats.resyncs,
+            duration=duration, plan=plan, error=error,
+            event_latency=None if first_change_at is None or plan is None else time.monotonic() - first_change_at,
+            advertised=frozenset(self.reconciler.actual or {}), refused=refused, refused_before=refused_before,
+            netlink_dropped=stats.dropped,
+        )
+
+    def _publish_pass(self, endpoints: tuple[Endpoint, ...], held: tuple[Endpoint, ...], stats: DiscoveryStats,
+                      refused: Mapping[Refusal, frozenset[IPNetwork]]) -> None:
+        r = self.reconciler.stats
+        desired = self.reconciler.desired
+        self._publish(endpoints=endpoints, held_down=len(held),
+                      advertised=MappingProxyType(dict(self.reconciler.actual or {})),
+                      sources=desired.sources if desired is not None else {}, refused=refused,
+                      namespaces=stats.namespaces, resyncs=stats.resyncs, netlink_dropped=stats.dropped,
+                      passes=r.passes, failures=r.failures, last_pass_at=r.last_pass_at,
+                      last_duration=r.last_duration)
 
     async def _watch_gobgp(self) -> None:
         seen_ready = False
-        async for event in self.client.watch():
+        async for event in self.speaker.watch():
             if event.kind is GobgpEventKind.READY:
-                self.gobgp_reachable = True
                 self.metrics.gobgp_up.set(1)
                 if seen_ready:
-                    self.gobgp_restarts += 1
                     self.metrics.gobgp_restarts.inc()
+                    self._publish(gobgp_restarts=self.state.gobgp_restarts + 1)
                     log.warning("gobgpd is back; re-pushing every path")
                 seen_ready = True
+                self._publish(gobgp_reachable=True)
                 self.reconciler.invalidate()
-                self.wake.set()
+                self.wakeups.post(Reason.GOBGP)
             elif event.kind is GobgpEventKind.LOST:
-                self.gobgp_reachable = False
                 self.metrics.gobgp_up.set(0)
-                self.healthy = False
+                self._publish(gobgp_reachable=False)
+                self._in_sync = False
+                self._set_health(False, f"lost gobgpd: {event.detail}")
                 self.reconciler.invalidate()  # it may come back empty; until a pass has read it, we don't know
                 log.warning("lost gobgpd: %s", event.detail)
             else:
@@ -263,10 +372,9 @@ class Daemon:
             await asyncio.sleep(min(timers.rib_check, timers.full_reconcile))
             if time.monotonic() - last_full >= timers.full_reconcile:
                 last_full = time.monotonic()
-                self.reconciler.invalidate()
+                self.wakeups.post(Reason.FULL_READ)
             else:
-                self._rib_check_due = True
-            self.wake.set()
+                self.wakeups.post(Reason.RIB_CHECK)
 
     async def _shutdown(self) -> None:
         try:
@@ -280,14 +388,15 @@ class Daemon:
                 log.info("leaving %d path(s) in gobgpd (on_shutdown = retain)", len(self.reconciler.actual or {}))
         finally:
             await self.discovery.close()
-            await self.client.close()
+            await self.speaker.close()
 
 
 @contextlib.asynccontextmanager
-async def running(config: AgentConfig, ready_timeout: float = 60.0) -> AsyncIterator[Daemon]:
+async def running(config: AgentConfig, ready_timeout: float = 60.0, *, speaker: BgpSpeaker | None = None,
+                  discovery: EndpointSource | None = None) -> AsyncIterator[Daemon]:
     """A Daemon running as a task of the current loop, in sync with gobgpd; stopped on exit."""
     ready = asyncio.Event()
-    daemon = Daemon(config, on_ready=ready.set)
+    daemon = Daemon(config, speaker=speaker, discovery=discovery, on_ready=ready.set)
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.wait_for(ready.wait(), ready_timeout)
@@ -321,13 +430,14 @@ async def run_daemon(config: AgentConfig, config_path: Path | None = None,
             daemon.reload(load_config(config_path))
         except ConfigError as exc:
             log.error("reload refused, still running on the previous configuration: %s", exc)
+            daemon.metrics.reloads.labels(result="invalid").inc()
         finally:
             notify("READY=1")
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     def on_signal(signum: int) -> None:
-        if daemon._stop.is_set():
+        if daemon.stopping:
             log.error("second %s: exiting now", signal.Signals(signum).name)
             os._exit(128 + signum)
         log.info("%s: shutting down", signal.Signals(signum).name)

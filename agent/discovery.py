@@ -5,30 +5,31 @@ net). Each namespace gets two netlink sockets (events and requests, see agent.rt
 with setns(2) on a helper thread (no fork: the process also runs gRPC); the first is subscribed to link
 and address events, then the namespace is dumped through the second. On any netlink
 error - ENOBUFS after an event burst included - the namespace is dumped again from scratch, so the view
-is never stale. ``snapshot()`` returns the complete, immutable set of endpoints; ``changed`` is set
-whenever it may differ from the last one (consumers clear it; bursts coalesce).
+is never stale. ``snapshot()`` returns the complete, immutable set of endpoints; every callback given to
+``subscribe`` is called whenever it may differ from the last one (cheap and often: consumers coalesce).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import logging
 import os
 import socket
 import stat
-import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from .endpoints import OWN_NAMESPACE, Endpoint, Link, NamespaceView, endpoints_in, printable, uplink_ifindexes
+from .endpoints import OWN_NAMESPACE, Endpoint, endpoints_in, printable, uplink_ifindexes
 from .model import IPAddress
+from .netlink_types import Link, NamespaceView
+from .netns import DirectoryEvents, NamespaceGone, is_nsfs, namespace_identity, open_netlink_in
 from .rtnl import DROP_REASONS, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, Dump, RtnlSocket, changes
 
 log = logging.getLogger(__name__)
@@ -39,63 +40,9 @@ CONTAINER_RCVBUF = 4 * 1024 * 1024  # ~4,000 queued events (an skb costs ~1 KiB)
 DUMP_ATTEMPTS = 5
 UNMOUNTED_RETRY = 0.02  # seconds between looks at a namespace file that is not mounted yet
 UNMOUNTED_PATIENCE = 5.0  # after this, an unmounted file waits for the regular rescan
-_CLONE_NEWNET = 0x40000000
-_SO_RCVBUFFORCE = 33
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class NamespaceGone(Exception):
-    """The namespace file no longer names a network namespace (deleted, or not mounted yet)."""
-
-
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise NamespaceGone(f"setns {what}: {os.strerror(err)}")
-
-
-def open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
-    """A NETLINK_ROUTE socket living in the namespace at ``path`` (None: the caller's namespace).
-
-    Runs on a dedicated thread: setns(2) switches only the calling thread, which then switches back.
-    """
-    if path is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-    else:
-        try:  # never blocks (a FIFO), never follows a symlink; setns only into what is nsfs on this very fd
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise NamespaceGone(f"{path}: {exc.strerror}") from None
-        if not _is_nsfs(target):
-            os.close(target)
-            raise NamespaceGone(f"{path}: not a namespace file")
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target, path)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-            finally:
-                _setns(home, "back to the agent's namespace")
-        finally:
-            os.close(target)
-            os.close(home)
-    with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; SO_RCVBUF (capped by rmem_max) is the fallback
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
-    return sock
-
-
 def _close_result(future: asyncio.Future[socket.socket]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result().close()
-
-
-def namespace_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of a namespace file: two bind mounts of one namespace share it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def _unsigned_nsid(value: int | None) -> int | None:
@@ -119,6 +66,7 @@ class NamespaceWatcher:
         self._rcvbuf = rcvbuf
         self._own_ns_fd = own_ns_fd
         self._derived: tuple[NamespaceView, int, int | None, dict[int, str], tuple[Endpoint, ...]] | None = None
+        self._session_synced = False  # the current session completed its dump
 
     def endpoints(self, uplinks: dict[int, str]) -> tuple[Endpoint, ...]:
         """The endpoints of this namespace, re-derived only when its view or the uplinks changed."""
@@ -148,14 +96,13 @@ class NamespaceWatcher:
                 return
             except Exception as exc:  # netlink errors (ENOBUFS, ...): start over with a fresh dump
                 self.resyncs += 1
-                failures += 1
-                if self.path is not None and not _is_nsfs(self.path):
+                # a session that got as far as a complete view was a success: its failure starts a new count
+                failures = 1 if self._session_synced else min(failures + 1, 8)
+                if self.path is not None and not is_nsfs(self.path):
                     self._drop(gone=True)
                     return
                 log.warning("netlink resync in %s after %s", self.label, _describe(exc))
-                await asyncio.sleep(min(0.01 * 2**failures, 1.0) if failures > 1 else 0)
-            else:
-                failures = 0
+                await asyncio.sleep(_resync_delay(failures))
 
     def _drop(self, gone: bool) -> None:
         self.gone = gone
@@ -167,6 +114,7 @@ class NamespaceWatcher:
     async def _session(self) -> None:
         # Two sockets: the event socket never sends, so every message on it is an event; replies to our
         # requests arrive on the other one.
+        self._session_synced = False
         events = RtnlSocket(await self._open(self._rcvbuf), self.dropped)
         requests: RtnlSocket | None = None
         try:
@@ -177,6 +125,7 @@ class NamespaceWatcher:
                 await self._dump_into(view, dump)
             view.own_nsid = await self._own_nsid(requests)
             self.view = view
+            self._session_synced = True
             self._on_change()
             self.synced.set()
             while True:
@@ -221,6 +170,11 @@ class NamespaceWatcher:
         return await requests.nsid_of(self._own_ns_fd)
 
 
+def _resync_delay(failures: int) -> float:
+    """None after the first failure of a streak (an ENOBUFS burst), then 20 ms doubling up to 1 s."""
+    return 0.0 if failures <= 1 else min(0.01 * 2 ** min(failures, 8), 1.0)
+
+
 def _describe(exc: BaseException) -> str:
     code = getattr(exc, "code", None) or getattr(exc, "errno", None)
     if code is not None and code in errno.errorcode:
@@ -235,6 +189,20 @@ class DiscoveryStats:
     dropped: dict[str, int] = field(default_factory=dict)  # netlink datagrams not believed, by reason
 
 
+class EndpointSource(Protocol):
+    """What the daemon needs from discovery (the seam where tests put a stand-in)."""
+
+    synced: asyncio.Event  # set once every namespace present at start has been read
+
+    def subscribe(self, on_change: Callable[[], None]) -> None: ...
+    def snapshot(self) -> tuple[Endpoint, ...]: ...
+    def host_addresses(self) -> frozenset[IPAddress]: ...
+    def stats(self) -> DiscoveryStats: ...
+    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None: ...
+    async def run(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 class Discovery:
     def __init__(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float = 10.0,
                  *, host_netns: str | None = None, container_rcvbuf: int = CONTAINER_RCVBUF,
@@ -243,8 +211,7 @@ class Discovery:
         self.uplinks = tuple(uplinks)
         self.netns_dirs = tuple(Path(d) for d in netns_dirs)
         self.rescan_interval = rescan_interval
-        self.changed = asyncio.Event()
-        self.first_change_at: float | None = None  # monotonic time of the first change since a consumer reset it
+        self._subscribers: list[Callable[[], None]] = []
         self.synced = asyncio.Event()  # own namespace and every namespace present at start dumped once
         self._container_rcvbuf = container_rcvbuf
         self._own_rcvbuf = own_rcvbuf
@@ -260,7 +227,7 @@ class Discovery:
         self._dropped_of_gone: Counter[str] = Counter()
         self._unmounted: dict[str, float] = {}  # namespace files not bind-mounted yet -> first seen
         self._junk: set[tuple[int, int]] = set()  # (device, inode) of entries that are not namespaces
-        self._inotify: _DirectoryEvents | None = None
+        self._inotify: DirectoryEvents | None = None
 
     def snapshot(self) -> tuple[Endpoint, ...]:
         own_view = self._own.view
@@ -282,15 +249,19 @@ class Discovery:
         endpoints = {e.ifindex for e in self._own.endpoints(uplinks)}
         return frozenset(a.ip for index, found in own_view.addresses.items() if index not in endpoints for a in found)
 
-    def _note_change(self) -> None:
-        if self.first_change_at is None:
-            self.first_change_at = time.monotonic()
-        self.changed.set()
+    def subscribe(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` whenever the snapshot may have changed (and once when discovery is synced)."""
+        self._subscribers.append(on_change)
 
-    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path]) -> None:
+    def _note_change(self) -> None:
+        for on_change in self._subscribers:
+            on_change()
+
+    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None:
         """New uplinks apply at the next snapshot; new directories at the next scan, which this triggers."""
         self.uplinks = tuple(uplinks)
         self.netns_dirs = tuple(Path(d) for d in netns_dirs)
+        self.rescan_interval = rescan_interval
         if self._inotify is not None:
             self._inotify.set_directories(self.netns_dirs)
         self._dirs_changed.set()
@@ -313,11 +284,11 @@ class Discovery:
     async def run(self) -> None:
         """Run until cancelled."""
         self._tasks.append(asyncio.create_task(self._own.run(), name="netns-own"))
-        self._scan()
+        self._rescan(None)
         await asyncio.gather(self._own.synced.wait(), *(w.synced.wait() for w, _ in self._watchers.values()))
         self.synced.set()
-        self.changed.set()
-        inotify = self._inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
+        self._note_change()
+        inotify = self._inotify = DirectoryEvents(self.netns_dirs, self._dirs_changed)
         try:
             while True:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives just as
@@ -326,11 +297,18 @@ class Discovery:
                     async with asyncio.timeout(self._next_scan_in()):
                         await self._dirs_changed.wait()
                 self._dirs_changed.clear()
-                inotify.refresh()
-                self._scan()
+                self._rescan(inotify)
         finally:
             inotify.close()
             await self.close()
+
+    def _rescan(self, inotify: DirectoryEvents | None) -> None:
+        try:
+            if inotify is not None:
+                inotify.refresh()
+            self._scan()
+        except Exception:  # one failed rescan must not end them all: the next one tries again
+            log.exception("namespace rescan failed")
 
     async def close(self) -> None:
         tasks = self._tasks + [task for _, task in self._watchers.values()]
@@ -340,8 +318,10 @@ class Discovery:
         self._watchers.clear()
         self._tasks.clear()
         self._opener.shutdown(wait=False)
-        with contextlib.suppress(OSError):
-            os.close(self._own_ns_fd)
+        if self._own_ns_fd >= 0:  # close() runs twice (run's end, then the daemon's): never close a reused fd
+            with contextlib.suppress(OSError):
+                os.close(self._own_ns_fd)
+            self._own_ns_fd = -1
 
     def _scan(self) -> None:
         present: dict[tuple[int, int], str] = {}
@@ -350,7 +330,9 @@ class Discovery:
         for directory in self.netns_dirs:
             try:
                 names = sorted(os.listdir(directory))
-            except OSError:
+            except OSError as exc:  # missing, or not readable (PermissionError): the others still count
+                if not isinstance(exc, FileNotFoundError):
+                    log.warning("cannot list namespace directory %s: %s", directory, exc.strerror)
                 continue
             for name in names:
                 path = str(directory / name)
@@ -362,7 +344,7 @@ class Discovery:
                 seen.add(identity)
                 if identity == self._own_identity or identity in present or identity in self._junk:
                     continue
-                if not stat.S_ISREG(st.st_mode) or not _is_nsfs(path):
+                if not stat.S_ISREG(st.st_mode) or not is_nsfs(path):
                     # `ip netns add` and Docker create an empty file, then bind-mount it: no inotify event
                     # follows the mount, so look again shortly (for a while). Anything else is junk: remembered
                     # by identity and skipped until it changes.
@@ -378,7 +360,7 @@ class Discovery:
         self._junk &= seen
         self._unmounted = {p: t for p, t in self._unmounted.items() if os.path.lexists(p)}
         for identity in list(self._watchers):
-            watcher, task = self._watchers[identity]
+            watcher, _ = self._watchers[identity]
             if identity not in present or watcher.gone:
                 self._forget(identity)
         for identity, path in present.items():
@@ -401,57 +383,3 @@ class Discovery:
         if watcher.view is not None:
             watcher.view = None
             self._note_change()
-
-
-_NSFS_MAGIC = 0x6E736673
-
-
-def _is_nsfs(path: str | int) -> bool:
-    """Whether ``path`` (or the open file descriptor) is on nsfs, the namespace file system."""
-    buf = ctypes.create_string_buffer(128)
-    if (_libc.fstatfs(path, buf) if isinstance(path, int) else _libc.statfs(path.encode(), buf)) != 0:
-        return False
-    return bool(struct.unpack_from("l", buf.raw)[0] == _NSFS_MAGIC)
-
-
-_IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO, _IN_ATTRIB = 0x100, 0x200, 0x40, 0x80, 0x4
-_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
-
-
-class _DirectoryEvents:
-    """inotify on the namespace directories; any event just asks for a rescan. Missing directories
-    are watched once they exist (checked on every refresh)."""
-
-    def __init__(self, directories: Iterable[Path], wake: asyncio.Event) -> None:
-        self._fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        self._dirs = tuple(directories)
-        self._watched: set[Path] = set()
-        self._wake = wake
-        if self._fd >= 0:
-            asyncio.get_running_loop().add_reader(self._fd, self._read)
-        self.refresh()
-
-    def set_directories(self, directories: Iterable[Path]) -> None:
-        self._dirs = tuple(directories)
-        self.refresh()
-
-    def refresh(self) -> None:
-        if self._fd < 0:
-            return
-        mask = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_ATTRIB
-        for directory in self._dirs:
-            if directory not in self._watched and directory.is_dir() \
-                    and _libc.inotify_add_watch(self._fd, str(directory).encode(), mask) >= 0:
-                self._watched.add(directory)
-
-    def _read(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._fd, 65536):
-                pass
-        self._wake.set()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1

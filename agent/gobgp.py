@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -180,6 +180,22 @@ class PeerInfo:
     asn: int
     state: str
     uptime: float | None
+
+
+class BgpSpeaker(Protocol):
+    """What the agent needs from gobgpd: the seam where tests put an in-memory stand-in.
+
+    Every call raises ``GobgpError`` (or a subclass) when gobgpd does not do what was asked; a failed
+    batch write may have applied part of the batch."""
+
+    async def connect(self, timeout: float = 10.0) -> BgpInfo: ...
+    async def add_paths(self, routes: Sequence[Route]) -> None: ...
+    async def delete_paths(self, routes: Sequence[Route]) -> None: ...
+    async def list_owned_paths(self, version: int) -> list[Route]: ...
+    async def path_count(self, version: int) -> int: ...
+    async def list_peers(self) -> list[PeerInfo]: ...
+    def watch(self) -> AsyncIterator[GobgpEvent]: ...
+    async def close(self) -> None: ...
 
 
 def _channel(target: str, tls_ca_file: Path | None, tls_server_name: str | None) -> grpc.aio.Channel:
@@ -349,8 +365,9 @@ class GobgpClient:
         while True:
             try:
                 await self.get_bgp()
-                yield GobgpEvent(GobgpEventKind.READY)
-                connected, backoff = True, retry_backoff
+                if not connected:
+                    yield GobgpEvent(GobgpEventKind.READY)
+                    connected, backoff = True, retry_backoff
                 request = api.WatchEventRequest(peer=api.WatchEventRequest.Peer())
                 with _mapped("WatchEvent"):
                     async for reply in self._stub.WatchEvent(request):
@@ -359,6 +376,10 @@ class GobgpClient:
                             name = api.PeerState.SessionState.Name(state.session_state).lower()
                             yield GobgpEvent(GobgpEventKind.PEER, f"{state.neighbor_address} {name}")
                 raise GobgpUnavailable("gobgpd WatchEvent: stream ended")
+            except GobgpRejected as exc:  # gobgpd still answers: subscribe again, no LOST
+                log.warning("%s; watching again in %g s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff)
             except (GobgpUnavailable, GobgpNotReady) as exc:
                 if connected:
                     connected = False

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from .endpoints import Endpoint
 from .model import IPNetwork
 from .routes import Refusal
+from .state import PassResult
 
 MAX_CONNECTIONS = 16  # scrapers at once; more are turned away
 CONNECTION_TIMEOUT = 5.0  # seconds for a client to send its request (and take the answer)
@@ -52,6 +53,11 @@ class Metrics:
                                        "by the kernel, or truncated)", ["reason"], registry=r)
         self._drops_seen: dict[str, int] = {}
         self.held = Gauge("ipvlan_bgp_endpoints_held_down", "Flapping endpoints held down", registry=r)
+        self.healthy = Gauge("ipvlan_bgp_healthy", "1 while in sync with gobgpd and every task runs", registry=r)
+        self.task_restarts = Counter("ipvlan_bgp_task_restarts_total", "Supervised tasks restarted after ending "
+                                     "unexpectedly", ["task"], registry=r)
+        self.reloads = Counter("ipvlan_bgp_config_reloads_total", "Configuration reloads (SIGHUP) by outcome",
+                               ["result"], registry=r)
 
     async def serve(self, listen: str, max_connections: int = MAX_CONNECTIONS,
                     timeout: float = CONNECTION_TIMEOUT) -> None:
@@ -122,3 +128,23 @@ class Metrics:
             counts[(kind, f"ipv{prefix.version}")] += 1
         for (kind, family), count in counts.items():
             self.prefixes.labels(kind=kind, family=family).set(count)
+
+    def observe_pass(self, result: PassResult) -> None:
+        """Everything a reconcile pass tells, observed from outside it."""
+        self.observe_endpoints(result.endpoints)
+        self.held.set(len(result.held_down))
+        self.namespaces.set(result.namespaces)
+        self.resyncs.set(result.resyncs)
+        if result.plan is None:
+            self.passes.labels(result="error").inc()
+            self.errors.labels(kind=result.error or "unknown").inc()
+            return
+        self.pass_seconds.observe(result.duration)
+        self.passes.labels(result="ok").inc()
+        self.paths_sent.labels(op="add").inc(len(result.plan.add))
+        self.paths_sent.labels(op="withdraw").inc(len(result.plan.withdraw))
+        if result.event_latency is not None:
+            self.latency.observe(result.event_latency)
+        self.observe_prefixes(result.advertised)
+        self.observe_refusals(result.refused_before, result.refused)
+        self.observe_netlink_drops(result.netlink_dropped)

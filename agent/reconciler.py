@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .config import AgentConfig
 from .endpoints import Endpoint
-from .gobgp import GobgpClient
+from .gobgp import BgpSpeaker
 from .model import IPAddress, IPNetwork, Route
 from .routes import Desired, Plan, Refusal, desired_routes, plan
 
@@ -52,7 +52,7 @@ def _log_routes(verb: str, routes: tuple[Route, ...], desired: Desired) -> None:
 
 
 class Reconciler:
-    def __init__(self, client: GobgpClient, config: AgentConfig) -> None:
+    def __init__(self, client: BgpSpeaker, config: AgentConfig) -> None:
         self.client = client
         self.config = config
         self.actual: dict[IPNetwork, Route] | None = None  # None: unknown, read it before the next plan

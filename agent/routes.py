@@ -205,12 +205,3 @@ def plan(desired: Mapping[IPNetwork, Route], actual: Mapping[IPNetwork, Route], 
         over_quota=tuple(_ordered(over_quota)),
     )
 
-
-def apply_plan(actual: Mapping[IPNetwork, Route], p: Plan) -> dict[IPNetwork, Route]:
-    """The state gobgpd is in after ``p`` has been applied in full."""
-    after = dict(actual)
-    for route in p.withdraw:
-        after.pop(route.prefix, None)
-    for route in p.add:
-        after[route.prefix] = route
-    return after

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
-from .endpoints import AddressChange, IPInterface, Link, LinkGone
+from .netlink_types import AddressChange, IPInterface, Link, LinkGone
 
 NLMSG_HDR: Final = struct.Struct("=IHHII")  # length, type, flags, seq, port id
 _IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, change
@@ -33,7 +33,7 @@ _RTATTR: Final = struct.Struct("=HH")  # length, type
 _U32: Final = struct.Struct("=I")
 _S32: Final = struct.Struct("=i")
 
-NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWNSID, RTM_GETNSID = 88, 90

@@ -11,48 +11,45 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .gobgp import GobgpError
+from .gobgp import GobgpError, PeerInfo
+from .routes import Refusal
+from .state import AgentState
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
 
-
-def status_of(daemon: Daemon, peers: list[dict[str, Any]] | None) -> dict[str, Any]:
-    endpoints = daemon.last_endpoints
-    stats = daemon.reconciler.stats
-    held = daemon.reconciler.actual or {}
+def status_of(state: AgentState, peers: list[dict[str, Any]] | None) -> dict[str, Any]:
+    endpoints = state.endpoints
     return {
-        "healthy": daemon.healthy,
-        "gobgpd": {"target": daemon.config.gobgp.target, "reachable": daemon.gobgp_reachable,
-                   "restarts_seen": daemon.gobgp_restarts, "peers": peers},
+        "healthy": state.healthy,
+        "unhealthy_reason": None if state.healthy else state.unhealthy_reason,
+        "gobgpd": {"target": state.gobgp_target, "reachable": state.gobgp_reachable,
+                   "restarts_seen": state.gobgp_restarts, "peers": peers},
         "endpoints": {"total": len(endpoints), "ready": sum(e.ready for e in endpoints),
-                      "held_down": len(daemon.held_down)},
-        "prefixes": {"advertised": len(held),
-                     "refused_outside_networks": sorted(map(str, stats.refused_outside)),
-                     "refused_max_prefixes": sorted(map(str, stats.refused_cap)),
-                     "refused": {reason.value: sorted(map(str, found)) for reason, found in stats.refused.items()}},
-        "namespaces": daemon.discovery.stats().namespaces,
-        "netlink_resyncs": daemon.discovery.stats().resyncs,
-        "netlink_dropped": daemon.discovery.stats().dropped,
-        "reconcile": {"passes": stats.passes, "failures": stats.failures, "last_at": stats.last_pass_at,
-                      "last_duration_s": stats.last_duration},
+                      "held_down": state.held_down},
+        "prefixes": {"advertised": len(state.advertised),
+                     "refused_outside_networks": sorted(map(str, state.refused.get(Refusal.OUTSIDE, ()))),
+                     "refused_max_prefixes": sorted(map(str, state.refused.get(Refusal.CAP, ()))),
+                     "refused": {reason.value: sorted(map(str, found)) for reason, found in state.refused.items()}},
+        "namespaces": state.namespaces,
+        "netlink_resyncs": state.resyncs,
+        "netlink_dropped": dict(state.netlink_dropped),
+        "reconcile": {"passes": state.passes, "failures": state.failures, "last_at": state.last_pass_at,
+                      "last_duration_s": state.last_duration},
     }
 
 
-def routes_of(daemon: Daemon) -> list[dict[str, Any]]:
-    held = daemon.reconciler.actual or {}
-    sources = daemon.reconciler.desired.sources if daemon.reconciler.desired else {}
+def routes_of(state: AgentState) -> list[dict[str, Any]]:
     rows = []
-    for prefix, route in sorted(held.items(), key=lambda item: item[1].sort_key):
+    for prefix, route in sorted(state.advertised.items(), key=lambda item: item[1].sort_key):
         a = route.attributes
         rows.append({
             "prefix": str(prefix),
             "kind": "host" if prefix.prefixlen == prefix.max_prefixlen else "aggregate",
             "next_hop": str(route.next_hop) if route.next_hop else "unspecified",
-            "sources": list(sources.get(prefix, ())),
+            "sources": list(state.sources.get(prefix, ())),
             "communities": [str(c) for c in a.communities],
             "large_communities": [str(c) for c in a.large_communities],
             "local_pref": a.local_pref,
@@ -66,8 +63,10 @@ class StatusSocketError(Exception):
 
 
 class StatusServer:
-    def __init__(self, daemon: Daemon, path: Path) -> None:
-        self.daemon = daemon
+    def __init__(self, state: Callable[[], AgentState], peers: Callable[[], Awaitable[list[PeerInfo]]],
+                 path: Path) -> None:
+        self._state = state
+        self._list_peers = peers
         self.path = path
         self._server: asyncio.AbstractServer | None = None
 
@@ -89,9 +88,9 @@ class StatusServer:
         try:
             request = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
             if request == "routes":
-                body: Any = routes_of(self.daemon)
+                body: Any = routes_of(self._state())
             elif request == "status":
-                body = status_of(self.daemon, await self._peers())
+                body = status_of(self._state(), await self._peers())
             else:
                 body = {"error": f"unknown request {request!r}; ask 'status' or 'routes'"}
             writer.write(json.dumps(body).encode() + b"\n")
@@ -103,7 +102,7 @@ class StatusServer:
 
     async def _peers(self) -> list[dict[str, Any]] | None:
         try:
-            peers = await asyncio.wait_for(self.daemon.client.list_peers(), 3)
+            peers = await asyncio.wait_for(self._list_peers(), 3)
         except (GobgpError, TimeoutError):
             return None
         return [{"address": p.address, "asn": p.asn, "state": p.state, "uptime_s": p.uptime} for p in peers]

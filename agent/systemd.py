@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
+log = logging.getLogger(__name__)
+_warned = False
+
 
 def notify(message: str) -> bool:
-    """Send e.g. ``READY=1`` to systemd; False when not running under it (no NOTIFY_SOCKET)."""
+    """Send e.g. ``READY=1`` to systemd; False when not running under it (no NOTIFY_SOCKET) or when the
+    socket is unusable. Never raises: the agent's routes matter more than telling systemd about them."""
+    global _warned
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+    try:
+        # non-blocking: a receiver that does not read must never stall the event loop
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        if not _warned:
+            _warned = True
+            log.warning("cannot notify systemd at NOTIFY_SOCKET=%r: %s (warned once)", address, exc)
+        return False
     return True
 
 

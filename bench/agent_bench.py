@@ -37,13 +37,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ipvlan_bgp_lab.containers import IpBatch, add_ipvlan, ifindex, netlink_in, populate  # noqa: E402
+from ipvlan_bgp_lab.gobgpd import Gobgpd, global_config  # noqa: E402
+from ipvlan_bgp_lab.netns import create_netns, delete_netns, run_in  # noqa: E402
+
 from agent.config import AgentConfig, parse_config  # noqa: E402
 from agent.daemon import running  # noqa: E402
 from agent.gobgp import GobgpClient, path_to_route  # noqa: E402
 from agent.gobgpapi import gobgp_pb2 as api  # noqa: E402
-from agent.lab.containers import IpBatch, add_ipvlan, ifindex, netlink_in, populate  # noqa: E402
-from agent.lab.gobgpd import Gobgpd, global_config  # noqa: E402
-from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 from agent.model import Attributes, LargeCommunity, Route  # noqa: E402
 
 OWNER = LargeCommunity(65001, 4242, 1)
@@ -390,11 +391,11 @@ TOR_TIMERS = ("FRR datacenter defaults (keepalive 3 / hold 9, no MRAI on eBGP in
 async def bench_tor(samples: int) -> dict[str, Any]:
     """The embedded rack: a container address added on host1 -> /32 in the FRR ToR's kernel FIB, next to the
     floor: the same kind of path injected straight into host1's gobgpd through the API."""
-    from agent.lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
-    from agent.lab.embedded import NETNS_DIR, EmbeddedLab
-    from agent.lab.fibwatch import FibWatch
-    from agent.lab.status import containers
-    from agent.lab.topology import load_topology
+    from ipvlan_bgp_lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
+    from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab
+    from ipvlan_bgp_lab.fibwatch import FibWatch
+    from ipvlan_bgp_lab.status import containers
+    from ipvlan_bgp_lab.topology import load_topology
 
     lab = EmbeddedLab(load_topology(DEFAULT_TOPOLOGY))
     lab.down()
@@ -502,7 +503,7 @@ def main() -> int:
     parser.add_argument("--here", action="store_true", help="run on this kernel (it must have ipvlan)")
     args = parser.parse_args()
     if not args.here and not Path("/sys/module/ipvlan").exists():
-        from agent.lab.vm import run_in_guest
+        from ipvlan_bgp_lab.vm import run_in_guest
 
         outdir = Path(tempfile.mkdtemp(prefix="ibgp-bench-"))
         argv = [sys.executable, str(Path(__file__).resolve()), "--here", "--out", str(outdir), *sys.argv[1:]]

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ipvlan_bgp_lab.gobgpd import Gobgpd, global_config
+
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd, global_config
 from agent.model import Attributes, LargeCommunity, Route
 
 OWNER = LargeCommunity(65001, 4242, 1)

@@ -3,9 +3,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd, global_config
 
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd, global_config
 from agent.model import LargeCommunity
 
 OWNER = LargeCommunity(65001, 4242, 1)

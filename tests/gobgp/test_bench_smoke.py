@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from agent.lab.gobgpd import Gobgpd
+from ipvlan_bgp_lab.gobgpd import Gobgpd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import gobgp_baseline

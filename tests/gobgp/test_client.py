@@ -6,6 +6,7 @@ import ipaddress
 import json
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd, GobgpdError, free_port
 
 from agent.gobgp import (
     GobgpClient,
@@ -17,7 +18,6 @@ from agent.gobgp import (
     route_to_path,
 )
 from agent.gobgpapi import gobgp_pb2 as api
-from agent.lab.gobgpd import Gobgpd, GobgpdError, free_port
 from agent.model import Attributes, Community, LargeCommunity, Route
 
 from .conftest import OWNER

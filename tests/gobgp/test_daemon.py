@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd
 
 from agent.config import AgentConfig, parse_config
 from agent.daemon import Daemon, running
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd
 from agent.model import Attributes, LargeCommunity, Route
 
 from ..helpers import eventually
@@ -80,7 +80,7 @@ async def test_gobgpd_restart_pushes_everything_back(gobgpd: Gobgpd, client: Gob
         started = time.monotonic()
         await eventually(lambda: _has(client, {"10.1.100.0/24", "2001:db8:100::/64"}), what="paths back")
         print(f"time to full RIB after gobgpd answered: {time.monotonic() - started:.3f} s")
-        assert daemon.gobgp_restarts == 1
+        assert daemon.state.gobgp_restarts == 1
 
 
 async def _has(client: GobgpClient, wanted: set[str]) -> bool:
@@ -101,7 +101,7 @@ async def test_shutdown_withdraw_removes_every_owned_path(gobgpd: Gobgpd, client
 
 
 async def test_waits_for_gobgpd_that_starts_late(gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
-    config = agent_config(gobgpd, tmp_path)
+    config = agent_config(gobgpd, tmp_path, gobgp={"target": gobgpd.target, "connect_timeout": 0.5})
     gobgpd.kill()
     ready = asyncio.Event()
     daemon = Daemon(config, on_ready=ready.set)

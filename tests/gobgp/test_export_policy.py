@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd, free_port, global_config
 
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd, free_port, global_config
 from agent.model import Attributes, Route
 
 from .conftest import OWNER

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd, free_port
 
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd, free_port
 
 from .conftest import OWNER
 

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.netns import delete_netns
 
 from agent.discovery import Discovery
-from agent.lab.netns import delete_netns
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import asyncio
 import uuid
 from pathlib import Path
 
+from ipvlan_bgp_lab.containers import ifindex, netlink_in
+from ipvlan_bgp_lab.netns import create_netns, delete_netns, run_in
+
 from agent.discovery import Discovery
-from agent.lab.containers import ifindex, netlink_in
-from agent.lab.netns import create_netns, delete_netns, run_in
 
 from ..helpers import eventually
 
@@ -52,9 +53,10 @@ async def test_veth_and_macvlan_are_not_endpoints(discovery: Discovery, netns_di
 async def test_changes_wake_the_consumer(discovery: Discovery, netns_dir: Path) -> None:
     path = create_netns(netns_dir / unique("c"))
     await eventually(lambda: discovery.stats().namespaces == 2, what="namespace found")
-    discovery.changed.clear()
+    changed = asyncio.Event()
+    discovery.subscribe(changed.set)
     run_in(path, "ip", "link", "set", "lo", "up")
-    await asyncio.wait_for(discovery.changed.wait(), 5)
+    await asyncio.wait_for(changed.wait(), 5)
 
 
 async def test_changes_made_through_netlink_by_another_program_are_not_lost(discovery: Discovery,

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.netns import create_netns, run_in
 
 from agent.config import parse_config
 from agent.discovery import UNMOUNTED_RETRY, Discovery, NamespaceGone, open_netlink_in
 from agent.endpoints import NamespaceView, endpoints_in, uplink_ifindexes
-from agent.lab.netns import create_netns, run_in
 from agent.routes import desired_routes
 from agent.rtnl import (
     IFA_LOCAL,

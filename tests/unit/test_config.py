@@ -185,3 +185,15 @@ def test_validate_refuses_directories_fifos_and_the_status_socket_on_the_config(
     itself.write_text(itself.read_text().replace('socket = "/run/ipvlan-bgp/agent.sock"', f'socket = "{itself}"'))
     with pytest.raises(ConfigError, match="configuration file itself"):
         load_config(itself)
+
+
+def test_rpc_timeout_must_fit_the_shipped_units_watchdog() -> None:
+    from agent.config import UNIT_WATCHDOG_SEC
+
+    unit = (Path(__file__).parents[2] / "config" / "ipvlan-bgp-agent.service").read_text()
+    assert f"\nWatchdogSec={UNIT_WATCHDOG_SEC}\n" in unit
+    parse_config({"uplinks": ["eth0"], "ownership_community": "65001:4242:1",
+                  "gobgp": {"rpc_timeout": UNIT_WATCHDOG_SEC / 2 - 1}})
+    with pytest.raises(ConfigError, match="rpc_timeout"):
+        parse_config({"uplinks": ["eth0"], "ownership_community": "65001:4242:1",
+                      "gobgp": {"rpc_timeout": UNIT_WATCHDOG_SEC / 2}})

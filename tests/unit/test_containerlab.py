@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 import regex
 import yaml
+from ipvlan_bgp_lab.topology import AGENT_CONF, GOBGPD_CONF, TopologyError, load_topology, parse_topology
 
 from agent.config import load_config
-from agent.lab.topology import AGENT_CONF, GOBGPD_CONF, TopologyError, load_topology, parse_topology
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "tests" / "fixtures" / "containerlab" / "clab.schema.json"

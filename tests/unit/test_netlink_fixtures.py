@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.endpoints import AddressChange, IpvlanMode, Link, NamespaceView, endpoints_in
+from agent.endpoints import IpvlanMode, endpoints_in
+from agent.netlink_types import AddressChange, Link, NamespaceView
 from agent.rtnl import Change, NetlinkParseError, changes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "netlink"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 from hypothesis import given
@@ -8,8 +10,11 @@ from hypothesis import strategies as st
 
 from agent.config import AgentConfig, parse_config
 from agent.endpoints import Endpoint, IpvlanMode
-from agent.model import Attributes, Community, LargeCommunity, Route
-from agent.routes import Refusal, allocate, apply_plan, desired_routes, plan
+from agent.model import Attributes, Community, IPNetwork, LargeCommunity, Route
+from agent.reconciler import Reconciler
+from agent.routes import Desired, Plan, Refusal, allocate, desired_routes, plan
+
+from ..fakes import FakeGobgp
 
 OWNER = LargeCommunity(65001, 4242, 1)
 
@@ -110,6 +115,14 @@ def r(prefix: str, local_pref: int | None = None) -> Route:
 
 def as_map(*routes: Route) -> dict[Any, Route]:
     return {route.prefix: route for route in routes}
+
+
+def apply_plan(actual: Mapping[IPNetwork, Route], p: Plan) -> dict[IPNetwork, Route]:
+    """What gobgpd holds after the Reconciler applied ``p`` (the real applying code, on an in-memory gobgpd)."""
+    fake = FakeGobgp(OWNER, batch=7)
+    fake.rib.update(actual)
+    asyncio.run(Reconciler(fake, config())._apply(p, dict(actual), Desired({}, {})))
+    return fake.owned()
 
 
 def test_plan_diff() -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import NamespaceGone, NamespaceWatcher
-from agent.endpoints import AddressChange, Endpoint, IpvlanMode, Link, NamespaceView, printable
+from agent.discovery import NamespaceWatcher
+from agent.endpoints import Endpoint, IpvlanMode, printable
+from agent.netlink_types import AddressChange, Link, NamespaceView
+from agent.netns import NamespaceGone
 from agent.rtnl import (
     NLM_F_DUMP_INTR,
     NLMSG_DONE,

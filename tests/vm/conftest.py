@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.containers import netlink_in
+from ipvlan_bgp_lab.netns import delete_netns
 from pyroute2 import AsyncIPRoute
 
 from agent.discovery import Discovery
-from agent.lab.containers import netlink_in
-from agent.lab.netns import delete_netns
 
 from ..helpers import eventually
 

@@ -3,7 +3,7 @@
 * In the guest (``IBGP_IN_VM`` set) vm tests run normally; if ``IBGP_VM_RESULTS`` names a file, each test's
   result is written there as JSON (``{nodeid: record}``, rewritten after every test).
 * On a host whose kernel has ipvlan they run locally, as usual.
-* Otherwise the first vm test boots ONE VM (agent/lab/vm.py) that runs pytest on all selected vm tests; every
+* Otherwise the first vm test boots ONE VM (lab/ipvlan_bgp_lab/vm.py) that runs pytest on all selected vm tests; every
   host-side vm item then reports the guest's result for its own nodeid (traceback, skip reason, captured output).
 
 ``--vm=MODE`` or ``IBGP_VM=MODE`` overrides the choice: ``auto`` (default), ``off`` (skip the tier, with a
@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
-
-from agent.lab.vm import run_in_guest, sbin
+from ipvlan_bgp_lab.vm import run_in_guest, sbin
 
 if TYPE_CHECKING:
     from _pytest._io import TerminalWriter

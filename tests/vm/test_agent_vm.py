@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ipvlan_bgp_lab.containers import IpBatch, add_container
+from ipvlan_bgp_lab.gobgpd import Gobgpd, global_config
+from ipvlan_bgp_lab.netns import delete_netns, run_in
 from pyroute2 import AsyncIPRoute
 
 from agent.config import AgentConfig, parse_config
 from agent.daemon import running
 from agent.gobgp import GobgpClient, path_to_route
 from agent.gobgpapi import gobgp_pb2 as api
-from agent.lab.containers import IpBatch, add_container
-from agent.lab.gobgpd import Gobgpd, global_config
-from agent.lab.netns import delete_netns, run_in
 from agent.model import Community, LargeCommunity
 
 pytestmark = pytest.mark.vm
@@ -214,4 +214,4 @@ async def test_gobgpd_sigkill_and_restart_all_paths_back(gobgpd: Gobgpd, client:
         answered = time.monotonic()
         await wait_owned(client, wanted)
         print(f"gobgpd restart: full RIB {time.monotonic() - answered:.3f} s after its API answered again")
-        assert daemon.gobgp_restarts >= 1
+        assert daemon.state.gobgp_restarts >= 1

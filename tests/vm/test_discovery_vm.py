@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.containers import add_container, ifindex, netlink_in, populate
+from ipvlan_bgp_lab.netns import create_netns, delete_netns, run_in
 from pyroute2 import AsyncIPRoute
 
 from agent.discovery import Discovery
 from agent.endpoints import Endpoint, IpvlanMode
-from agent.lab.containers import add_container, ifindex, netlink_in, populate
-from agent.lab.netns import create_netns, delete_netns, run_in
 
 from .conftest import eventually, unique
 

@@ -11,13 +11,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-
-from agent.lab.containers import add_container, netlink_in
-from agent.lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
-from agent.lab.embedded import NETNS_DIR, EmbeddedLab, in_netns, state_dir
-from agent.lab.fibwatch import FibWatch
-from agent.lab.status import Container, containers, host_paths, neighbor_of, ping
-from agent.lab.topology import load_topology
+from ipvlan_bgp_lab.containers import add_container, netlink_in
+from ipvlan_bgp_lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
+from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab, in_netns, state_dir
+from ipvlan_bgp_lab.fibwatch import FibWatch
+from ipvlan_bgp_lab.status import Container, containers, host_paths, neighbor_of, ping
+from ipvlan_bgp_lab.topology import load_topology
 
 pytestmark = pytest.mark.vm
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
 
-from ..discovery import open_netlink_in
+from agent.netns import open_netlink_in
 
 
 @dataclass(frozen=True)

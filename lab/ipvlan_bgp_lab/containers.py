@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 
-from ..discovery import open_netlink_in
-from ..endpoints import IpvlanMode
+from agent.endpoints import IpvlanMode
+from agent.netns import open_netlink_in
+
 from .netns import create_netns, delete_netns, enter
 
 _names = itertools.count()

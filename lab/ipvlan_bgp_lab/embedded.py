@@ -96,7 +96,7 @@ class EmbeddedLab:
 
     def up(self, progress: Any = print) -> LabState:
         if self.state.namespaces:
-            raise LabError(f"lab {self.topology.name} is already up (ipvlan-bgp lab down first)")
+            raise LabError(f"lab {self.topology.name} is already up (ipvlan-bgp-lab down first)")
         state = self.state
         save_state(state)
         try:
@@ -174,7 +174,7 @@ class EmbeddedLab:
             command = [sys.executable, "-m", "agent.cli", "run", str(agent_conf)]
         with (workdir / f"{what}.log").open("ab") as log:
             proc = subprocess.Popen([*enter(ns), *command], stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+                                    start_new_session=True)
         self._track(f"{node}/{what}", proc)
 
     def gobgp_api(self, node: str) -> str:

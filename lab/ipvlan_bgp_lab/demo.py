@@ -15,12 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import repo_root
 from .embedded import EmbeddedLab
 from .status import containers, fib, host_paths, neighbor_of, ping
 from .topology import load_topology
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TOPOLOGY = REPO / "containerlab" / "rack.clab.yml"
+
+def __getattr__(name: str) -> Path:
+    if name == "DEFAULT_TOPOLOGY":  # resolved on use: the package itself may live outside the checkout
+        return repo_root() / "containerlab" / "rack.clab.yml"
+    raise AttributeError(name)
 
 
 def kernel_has_ipvlan() -> bool:
@@ -70,7 +74,7 @@ def run_here(topology_path: Path) -> int:
     started = time.monotonic()
     topology = load_topology(topology_path)
     lab = EmbeddedLab(topology)
-    print(f"== embedded lab '{topology.name}' from {topology_path.relative_to(REPO)} "
+    print(f"== embedded lab '{topology.name}' from {topology_path} "
           f"(kernel {platform.release()}) ==")
     lab.up()
     try:
@@ -84,10 +88,10 @@ def run_here(topology_path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
+    parser.add_argument("--topology", type=Path, help="default: containerlab/rack.clab.yml of the checkout")
     parser.add_argument("--here", action="store_true", help="run on this kernel, never in the VM")
     args = parser.parse_args(argv)
-    topology = args.topology.resolve()
+    topology = (args.topology or repo_root() / "containerlab" / "rack.clab.yml").resolve()
     if args.here or kernel_has_ipvlan():
         return run_here(topology)
     from .vm import run_in_guest
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print("this kernel has no ipvlan: running the demo in a VM (virtme-ng, QEMU without KVM; ~1-2 minutes)",
           flush=True)
     outdir = Path(tempfile.mkdtemp(prefix="ibgp-demo-"))
-    rc = run_in_guest([sys.executable, "-m", "agent.lab.demo", "--here", "--topology", str(topology)], outdir,
+    rc = run_in_guest([sys.executable, "-m", "ipvlan_bgp_lab.demo", "--here", "--topology", str(topology)], outdir,
                       timeout=900)
     sys.stdout.write((outdir / "guest.log").read_text(errors="replace"))
     return rc

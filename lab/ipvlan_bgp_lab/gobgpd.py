@@ -14,8 +14,9 @@ from types import TracebackType
 
 import grpc
 
-from ..gobgpapi import gobgp_pb2 as api
-from ..gobgpapi import gobgp_pb2_grpc as api_grpc
+from agent.gobgpapi import gobgp_pb2 as api
+from agent.gobgpapi import gobgp_pb2_grpc as api_grpc
+
 from .netns import enter
 
 GOBGPD = os.environ.get("GOBGPD", "/usr/bin/gobgpd")

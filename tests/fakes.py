@@ -1,0 +1,179 @@
+"""In-memory stand-ins for the agent's edges: a gobgpd that can also fail on demand, and a discovery.
+
+``FakeGobgp`` keeps a global RIB like gobgpd's (anyone's paths, by prefix) and behaves like the real
+client where it matters: every write must carry the ownership community, a batch goes in batches of
+``batch`` paths and a stream broken at batch k leaves the batches before k applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+
+from agent.discovery import DiscoveryStats
+from agent.endpoints import Endpoint
+from agent.gobgp import (
+    BgpInfo,
+    GobgpEvent,
+    GobgpEventKind,
+    GobgpRejected,
+    GobgpUnavailable,
+    PeerInfo,
+)
+from agent.model import IPAddress, IPNetwork, LargeCommunity, Route
+
+
+class FakeGobgp:
+    """A gobgpd in memory. Failure knobs (each applies to the next write call, then resets, unless noted):
+
+    * ``reject``: the next write raises GobgpRejected and changes nothing;
+    * ``drop_at_batch = k``: the next write applies batches 0..k-1, then the stream breaks (GobgpUnavailable);
+    * ``restart()``: the RIB empties; the watch stream sees LOST then READY;
+    * ``hang()``: every call waits until ``release()`` (the API does not answer; stays until released);
+    * ``down``: every call raises GobgpUnavailable (stays until cleared).
+    """
+
+    def __init__(self, owner: LargeCommunity, batch: int = 1000) -> None:
+        self.owner = owner
+        self.batch = batch
+        self.rib: dict[IPNetwork, Route] = {}
+        self.writes = 0  # write calls that reached the RIB (fully or in part)
+        self.paths_written = 0
+        self.reads = 0  # list_owned_paths calls
+        self.reject = False
+        self.drop_at_batch: int | None = None
+        self.down = False
+        self.closed = False
+        self._released = asyncio.Event()
+        self._released.set()
+        self._events: asyncio.Queue[GobgpEvent] = asyncio.Queue()
+        self._events.put_nowait(GobgpEvent(GobgpEventKind.READY))
+
+    # -- failure knobs
+    def hang(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def restart(self) -> None:
+        self.rib.clear()
+        self._events.put_nowait(GobgpEvent(GobgpEventKind.LOST, "fake restart"))
+        self._events.put_nowait(GobgpEvent(GobgpEventKind.READY))
+
+    def delete_behind_our_back(self, prefix: IPNetwork) -> None:
+        del self.rib[prefix]
+
+    def owned(self) -> dict[IPNetwork, Route]:
+        return {p: r for p, r in self.rib.items() if r.owned_by(self.owner)}
+
+    # -- the BgpSpeaker protocol
+    async def _answer(self) -> None:
+        await self._released.wait()
+        if self.down:
+            raise GobgpUnavailable("fake gobgpd: down")
+
+    async def _write(self, routes: Sequence[Route], withdraw: bool) -> None:
+        await self._answer()
+        for route in routes:
+            if not route.owned_by(self.owner):
+                raise ValueError(f"refusing to write {route.prefix} without the ownership community")
+        if not routes:
+            return
+        if self.reject:
+            self.reject = False
+            raise GobgpRejected("fake gobgpd: rejected")
+        batches = [routes[i:i + self.batch] for i in range(0, len(routes), self.batch)]
+        drop_at, self.drop_at_batch = self.drop_at_batch, None
+        self.writes += 1
+        for k, batch in enumerate(batches):
+            if drop_at is not None and k >= drop_at:
+                raise GobgpUnavailable(f"fake gobgpd: stream broken at batch {k}")
+            for route in batch:
+                self.paths_written += 1
+                if withdraw:
+                    self.rib.pop(route.prefix, None)
+                else:
+                    self.rib[route.prefix] = route
+
+    async def connect(self, timeout: float = 10.0) -> BgpInfo:
+        await self._answer()
+        return BgpInfo(asn=65001, router_id="192.0.2.1")
+
+    async def add_paths(self, routes: Sequence[Route]) -> None:
+        await self._write(routes, withdraw=False)
+
+    async def delete_paths(self, routes: Sequence[Route]) -> None:
+        await self._write(routes, withdraw=True)
+
+    async def list_owned_paths(self, version: int) -> list[Route]:
+        await self._answer()
+        self.reads += 1
+        return sorted((r for r in self.owned().values() if r.version == version), key=lambda r: r.sort_key)
+
+    async def path_count(self, version: int) -> int:
+        await self._answer()
+        return sum(1 for p in self.rib if p.version == version)
+
+    async def list_peers(self) -> list[PeerInfo]:
+        await self._answer()
+        return [PeerInfo("192.0.2.254", 65000, "established", 1.0)]
+
+    async def watch(self) -> AsyncIterator[GobgpEvent]:
+        while True:
+            yield await self._events.get()
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeDiscovery:
+    """Endpoints set by the test; ``set()`` announces a change like netlink would."""
+
+    def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
+        self.endpoints = tuple(endpoints)
+        self.synced = asyncio.Event()
+        self.rescan_interval = 10.0
+        self.uplinks: tuple[str, ...] = ()
+        self.netns_dirs: tuple[Path, ...] = ()
+        self.closed = False
+        self.fail_with: BaseException | None = None  # run() raises this once, when set before it starts
+        self.runs = 0
+        self.host = frozenset[IPAddress]()  # the host's own addresses (never advertised from a container)
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self, *endpoints: Endpoint) -> None:
+        self.endpoints = tuple(endpoints)
+        self._notify()
+
+    def _notify(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def snapshot(self) -> tuple[Endpoint, ...]:
+        return self.endpoints
+
+    def host_addresses(self) -> frozenset[IPAddress]:
+        return self.host
+
+    def stats(self) -> DiscoveryStats:
+        return DiscoveryStats(namespaces=1, resyncs=0)
+
+    def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None:
+        self.uplinks, self.netns_dirs, self.rescan_interval = tuple(uplinks), tuple(netns_dirs), rescan_interval
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.fail_with is not None:
+            failure, self.fail_with = self.fail_with, None
+            raise failure
+        self.synced.set()
+        self._notify()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        self.closed = True
