@@ -378,19 +378,20 @@ async def test_a_stuck_loop_stops_the_watchdog_pings(tmp_path: Path, watchdog: N
     fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
     stuck, unstick = asyncio.Event(), asyncio.Event()
 
-    async def never_answering_check() -> None:  # the loop awaits something that never comes
+    async def never_answering_wait(timeout: float) -> bool:  # the loop awaits something that never comes
         stuck.set()
         await unstick.wait()
+        return False
 
-    config = agent_config(tmp_path, timers={"settle": 0.0, "rib_check": 0.1})
-    async with running(config, speaker=fake, discovery=discovery) as daemon:
+    async with running(agent_config(tmp_path), speaker=fake, discovery=discovery) as daemon:
         await eventually(lambda: len(watchdog.pings()) >= 3, timeout=10, what="pings while the loop runs")
-        daemon._check_rib = never_answering_check  # type: ignore[method-assign]
+        wait, daemon.wakeups.wait = daemon.wakeups.wait, never_answering_wait  # type: ignore[method-assign]
         try:
             await eventually(stuck.is_set, timeout=10, what="the loop stuck")
             # The event loop still runs (this test polls on it), the agent's loop does not: the pings stop.
             await eventually(lambda: watchdog.quiet_for(0.5), timeout=10, what="the pings to stop")
         finally:
+            daemon.wakeups.wait = wait  # type: ignore[method-assign]
             unstick.set()
         resumed = time.monotonic()
         await eventually(lambda: bool(watchdog.pings(after=resumed)), timeout=10, what="pings again")
