@@ -202,7 +202,8 @@ def restore_logging() -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def agent_run(path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Daemon, FakeGobgp]]:
+async def agent_run(path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Daemon, FakeGobgp, FakeDiscovery]]:
     """``run_daemon`` on ``path`` with the fakes for edges, in sync; stopped on exit."""
     fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
     monkeypatch.setattr("agent.wiring.gobgp_client", lambda config: fake)
@@ -219,7 +220,7 @@ async def agent_run(path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     task = asyncio.create_task(run_daemon(load_config(path), path, on_ready=ready.set))
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        yield daemons[0], fake
+        yield daemons[0], fake, discovery
     finally:
         if daemons:
             daemons[0].stop()
@@ -240,17 +241,17 @@ async def reload(daemon: Daemon, result: str) -> None:
     ("ownership_community", {"community": "65001:4242:9"}),
 ])
 async def test_sighup_refuses_a_restart_only_change_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture, section: str,
-                                                          change: dict[str, str]) -> None:
+                                                          caplog: pytest.LogCaptureFixture, restore_logging: None,
+                                                          section: str, change: dict[str, str]) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(config_text(tmp_path))
-    async with agent_run(path, monkeypatch) as (daemon, fake):
+    async with agent_run(path, monkeypatch) as (daemon, fake, discovery):
         config = daemon.config
         path.write_text(config_text(tmp_path, networks=("10.1.0.0/16", "10.2.0.0/16"), **change))
         await reload(daemon, "refused")
         assert daemon.config is config
         assert f"reload refused, still running on the previous configuration: {section} change(s)" in caplog.text
-        await next_pass(daemon, daemon.discovery, endpoint("10.1.0.3/16"))  # type: ignore[arg-type]
+        await next_pass(daemon, discovery, endpoint("10.1.0.3/16"))
         assert held(fake) == {"10.1.0.3/32", "10.1.0.0/16"}  # the live part (a new network) was not taken
 
 
@@ -259,13 +260,13 @@ async def test_sighup_refuses_an_invalid_file_then_applies_a_valid_one(
         restore_logging: None) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(config_text(tmp_path))
-    async with agent_run(path, monkeypatch) as (daemon, fake):
+    async with agent_run(path, monkeypatch) as (daemon, fake, discovery):
         config = daemon.config
         path.write_text("bogus_key = 1\n" + config_text(tmp_path, networks=("10.1.0.0/16", "10.2.0.0/16")))
         await reload(daemon, "invalid")
         assert daemon.config is config
         assert "reload refused" in caplog.text and "bogus_key" in caplog.text
-        await next_pass(daemon, daemon.discovery, endpoint("10.1.0.3/16"))  # type: ignore[arg-type]
+        await next_pass(daemon, discovery, endpoint("10.1.0.3/16"))
         assert held(fake) == {"10.1.0.3/32", "10.1.0.0/16"}
 
         path.write_text(config_text(tmp_path, networks=("10.1.0.0/16", "10.2.0.0/16")))
