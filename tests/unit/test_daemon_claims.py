@@ -178,6 +178,15 @@ async def test_the_full_reread_repairs_drift_the_counts_cannot_see(tmp_path: Pat
         assert daemon.reconciler.stats.full_reads == 2
 
 
+async def test_a_reload_applies_new_drift_timers_at_once(tmp_path: Path, restore_logging: None) -> None:
+    fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
+    async with running(agent_config(tmp_path), speaker=fake, discovery=discovery) as daemon:  # rib_check: 30 s
+        counts = fake.counts
+        assert daemon.reload(agent_config(tmp_path, timers={"settle": 0.0, "rib_check": 0.1}))
+        # not after the 30 s the old timer still had to run
+        await eventually(lambda: fake.counts >= counts + 4, timeout=10, what="rib checks by the new timer")
+
+
 # -- SIGHUP and SIGTERM through run_daemon, as `ipvlan-bgp run` does
 
 def config_text(tmp_path: Path, *, community: str = str(OWNER), target: str = "127.0.0.1:50051",
