@@ -96,6 +96,7 @@ class Daemon:
         self._ready = False  # READY=1 sent (after the first good pass)
         self._last_pass_ended = float("-inf")
         self._heartbeat = time.monotonic()
+        self._timers_reloaded = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
@@ -134,6 +135,7 @@ class Daemon:
         self.reconciler.config = config
         self.damper.config = config.dampening
         self.discovery.reconfigure(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
+        self._timers_reloaded.set()
         setup_logging(config.log.level, config.log.format)
         log.info("configuration reloaded")
         self.metrics.reloads.labels(result="ok").inc()
@@ -369,7 +371,12 @@ class Daemon:
         last_full = time.monotonic()
         while True:
             timers = self.config.timers
-            await asyncio.sleep(min(timers.rib_check, timers.full_reconcile))
+            self._timers_reloaded.clear()
+            try:
+                await asyncio.wait_for(self._timers_reloaded.wait(), min(timers.rib_check, timers.full_reconcile))
+                continue  # a reload: wait by the new timers, not out the old one (it may be a day)
+            except TimeoutError:
+                pass
             if time.monotonic() - last_full >= timers.full_reconcile:
                 last_full = time.monotonic()
                 self.wakeups.post(Reason.FULL_READ)

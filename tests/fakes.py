@@ -41,6 +41,7 @@ class FakeGobgp:
         self.writes = 0  # write calls that reached the RIB (fully or in part)
         self.paths_written = 0
         self.reads = 0  # list_owned_paths calls
+        self.counts = 0  # path_count calls (the cheap drift check)
         self.reject = False
         self.drop_at_batch: int | None = None
         self.down = False
@@ -114,6 +115,7 @@ class FakeGobgp:
 
     async def path_count(self, version: int) -> int:
         await self._answer()
+        self.counts += 1
         return sum(1 for p in self.rib if p.version == version)
 
     async def list_peers(self) -> list[PeerInfo]:
