@@ -23,10 +23,14 @@ from agent.gobgpapi import gobgp_pb2 as api
 from agent.lab.containers import IpBatch, add_container
 from agent.lab.gobgpd import Gobgpd, global_config
 from agent.lab.netns import delete_netns, run_in
-from agent.model import Community, LargeCommunity
+from agent.model import Attributes, Community, LargeCommunity, Route
+
+from ..helpers import stop_tasks
 
 pytestmark = pytest.mark.vm
 OWNER = LargeCommunity(65001, 4242, 7)
+FOREIGN = LargeCommunity(65001, 4242, 99)
+MARKER = "192.0.2.250/32"
 
 
 @pytest.fixture
@@ -121,6 +125,21 @@ async def watch_table(gobgpd: Gobgpd, seen: list[tuple[float, str, bool]], init:
                     seen.append((now, str(route.prefix), path.is_withdraw))
 
 
+async def flush_watch(gobgpd: Gobgpd, seen: list[tuple[float, str, bool]], watcher: asyncio.Task[None]) -> None:
+    """Wait until everything gobgpd's table did so far has come through the watch stream: add a foreign
+    marker path (another owner, so the agent leaves it alone), wait for it and remove it (the caller drops
+    its events, ``MARKER``, after stopping the watcher)."""
+    marker = Route(ipaddress.ip_network(MARKER), ipaddress.ip_address("192.0.2.1"),
+                   Attributes(large_communities=(FOREIGN,)))
+    async with GobgpClient(gobgpd.target, FOREIGN) as other:
+        await other.add_paths([marker])
+        deadline = time.monotonic() + 30
+        while not any(p == MARKER for _, p, _ in seen):
+            assert time.monotonic() < deadline and not watcher.done(), "the marker path never came through"
+            await asyncio.sleep(0.01)
+        await other.delete_paths([marker])
+
+
 async def test_event_to_rib_latency(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute, uplink: str,
                                     netns_dir: Path) -> None:
     config = make_config(gobgpd, uplink, netns_dir)
@@ -151,7 +170,7 @@ async def test_event_to_rib_latency(gobgpd: Gobgpd, client: GobgpClient, host: A
                     sink.append(arrived - started)
         finally:
             ip.close()
-            watcher.cancel()
+            await stop_tasks(watcher)
     for name, samples in (("advertise", adds), ("withdraw", dels)):
         samples.sort()
         print(f"event -> gobgpd RIB ({name}), n={len(samples)}: median {statistics.median(samples) * 1e3:.1f} ms, "
@@ -172,33 +191,41 @@ async def test_agent_sigkill_and_restart_withdraws_nothing(gobgpd: Gobgpd, clien
     )
     wanted = {"10.1.100.2/32", "10.1.100.3/32", "10.1.100.0/24", "2001:db8:100::3/128"}
     argv = [sys.executable, "-m", "agent.cli", "run", str(config_file)]
-    log = (tmp_path / "agent.log").open("wb")
-    agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    first_log, second_log = tmp_path / "agent-1.log", tmp_path / "agent-2.log"  # one file each: the wait
+    # below must see the second agent's "in sync", never the first one's
+    with first_log.open("wb") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     seen: list[tuple[float, str, bool]] = []
+    watcher: asyncio.Task[None] | None = None
     try:
         await wait_owned(client, wanted, timeout=120)
-        watcher = asyncio.create_task(watch_table(gobgpd, seen, init=True))
+        watcher = asyncio.create_task(watch_table(gobgpd, seen, init=True), name="watch gobgpd table")
         deadline = time.monotonic() + 30
         while len(seen) < len(wanted):  # the initial table: the stream is attached
-            assert time.monotonic() < deadline, "WatchEvent stream never attached"
+            assert time.monotonic() < deadline and not watcher.done(), "WatchEvent stream never attached"
             await asyncio.sleep(0.01)
         seen.clear()
         agent.send_signal(signal.SIGKILL)
         agent.wait()
-        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with second_log.open("wb") as log:
+            agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
-        while b"in sync with gobgpd" not in (tmp_path / "agent.log").read_bytes():
-            assert agent.poll() is None and time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
+        while b"in sync with gobgpd" not in second_log.read_bytes():
+            assert agent.poll() is None and time.monotonic() < deadline, second_log.read_text()
             await asyncio.sleep(0.1)
-        watcher.cancel()
         assert set(await owned(client)) == wanted
+        await flush_watch(gobgpd, seen, watcher)
+        await stop_tasks(watcher)
+        watcher = None
+        seen[:] = [s for s in seen if s[1] != MARKER]
         assert [s for s in seen if s[2]] == [], f"withdrawals seen across the agent restart: {seen}"
         assert seen == [], f"re-advertisements seen across the agent restart: {seen}"
     finally:
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)
-        log.close()
+        if watcher is not None:
+            await stop_tasks(watcher)
 
 
 async def test_gobgpd_sigkill_and_restart_all_paths_back(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute,
