@@ -296,8 +296,11 @@ class Discovery:
         inotify = self._inotify = _DirectoryEvents(self.netns_dirs, self._dirs_changed)
         try:
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 a cancel that lands while wait_for's timeout fires
+                # comes out as TimeoutError, and this loop (and the caller's cancel-and-wait) never ends
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirs_changed.wait(), self._next_scan_in())
+                    async with asyncio.timeout(self._next_scan_in()):
+                        await self._dirs_changed.wait()
                 self._dirs_changed.clear()
                 inotify.refresh()
                 self._scan()
