@@ -138,7 +138,8 @@ async def test_gobgpd_restart_on_one_host_leaves_the_other_alone(lab: EmbeddedLa
     await _new_session(lab, "192.0.2.1", sessions_before)
     await _graceful_restart_over(lab, host1_live)
     print(f"host1 gobgpd SIGKILL + restart: graceful restart over after {time.monotonic() - mark:.1f} s")
-    assert all(p in tor_fib.routes for p in host1_live | host2_live)
+    for prefix in host1_live | host2_live:
+        await tor_fib.wait_for(prefix)
     assert tor_fib.withdrawals(host2_live, since=mark) == []
     black_holed = tor_fib.withdrawals(host1_live, since=mark)
     assert black_holed == [], f"graceful restart should keep host1's routes in the ToR FIB: {black_holed}"
