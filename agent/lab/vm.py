@@ -9,7 +9,8 @@ command writes there; ``console.log`` holds the VM console.
     python -m agent.lab.vm -- CMD [ARG ...]     # run CMD in the guest, cwd = repo root
 
 Environment: ``IBGP_VM_CACHE`` (default ``/opt/ipvlan-bgp-vm``; not under /var/cache, the guest hides it),
-``IBGP_VM_MEMORY`` (default ``2G``), ``IBGP_VM_CPUS`` (default ``2``).
+``IBGP_VM_MEMORY`` (default ``2G``), ``IBGP_VM_CPUS`` (default ``2``), ``IBGP_VM_KERNEL`` (the kernel package, see
+KERNEL_PACKAGE).
 """
 
 from __future__ import annotations
@@ -77,21 +78,14 @@ def _apt_install(packages: list[str]) -> None:
         _run(cmd)
 
 
+# The kernel the VM boots, pinned: the docs' figures ran on it, and linux-image-amd64 moves with every
+# Debian point release (6.1.0-56 -> -57 while this was written). The cache is keyed by it, so changing the pin
+# downloads the new one. IBGP_VM_KERNEL overrides it (an ABI package name, as `apt-cache policy` lists).
+KERNEL_PACKAGE = "linux-image-6.1.0-56-amd64"
+
+
 def _kernel_package() -> str:
-    """Name of the kernel ABI package that linux-image-amd64 currently points to."""
-    for attempt in range(2):
-        try:
-            deps = _run(["apt-cache", "depends", "linux-image-amd64"])
-        except RuntimeError:
-            if attempt:
-                raise
-            _run(["apt-get", "update", "-qq"])
-            continue
-        for line in deps.splitlines():
-            kind, _, name = line.strip().partition(": ")
-            if kind == "Depends" and name.startswith("linux-image-"):
-                return name
-    raise RuntimeError("cannot resolve linux-image-amd64 to a kernel package")
+    return os.environ.get("IBGP_VM_KERNEL", KERNEL_PACKAGE)
 
 
 @contextmanager
@@ -102,8 +96,8 @@ def _locked(cache_dir: Path) -> Iterator[None]:
         yield
 
 
-def _find_kernel(cache_dir: Path) -> Path | None:
-    images = sorted((cache_dir / "kernel" / "boot").glob("vmlinuz-*"))
+def _find_kernel(kernel_dir: Path) -> Path | None:
+    images = sorted((kernel_dir / "boot").glob("vmlinuz-*"))
     return images[0] if images else None
 
 
@@ -124,21 +118,26 @@ def ensure_assets(cache_dir: Path | None = None) -> Path:
             _run([str(venv / "bin" / "pip"), "install", "-q", VIRTME_NG])
             (venv / ".complete").touch()
 
-        if _find_kernel(cache_dir) is None:
+        package = _kernel_package()
+        kernel_dir = cache_dir / f"kernel-{package}"
+        if _find_kernel(kernel_dir) is None:
             # The deb is unpacked, not installed: lib/modules/<version> sits next to boot/vmlinuz-<version>.
             with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-                package = _kernel_package()
-                _run(["apt-get", "download", package], cwd=Path(tmp))
+                try:
+                    _run(["apt-get", "download", package], cwd=Path(tmp))
+                except RuntimeError:  # not in the package lists yet (fresh machine), or gone from the archive
+                    _run(["apt-get", "update", "-qq"])
+                    _run(["apt-get", "download", package], cwd=Path(tmp))
                 (deb,) = Path(tmp).glob("*.deb")
                 _run(["dpkg-deb", "-x", str(deb), f"{tmp}/kernel"])
                 # The deb ships no modules.dep; without it modprobe in the guest finds nothing.  (virtme-ng
                 # would run depmod itself on the first boot, writing into the cache: do it once here.)
                 (version,) = (p.name for p in Path(tmp, "kernel", "lib", "modules").iterdir())
                 _run([sbin("depmod"), "-a", "-b", f"{tmp}/kernel", version])
-                shutil.rmtree(cache_dir / "kernel", ignore_errors=True)
-                os.rename(f"{tmp}/kernel", cache_dir / "kernel")
+                shutil.rmtree(kernel_dir, ignore_errors=True)
+                os.rename(f"{tmp}/kernel", kernel_dir)
 
-        kernel = _find_kernel(cache_dir)
+        kernel = _find_kernel(kernel_dir)
         assert kernel is not None
         return kernel
 
