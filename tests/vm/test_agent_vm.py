@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import signal
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ from pyroute2 import AsyncIPRoute
 
 from agent.config import AgentConfig, parse_config
 from agent.daemon import running
+from agent.endpoints import IpvlanMode
 from agent.gobgp import GobgpClient, path_to_route
 from agent.gobgpapi import gobgp_pb2 as api
 from agent.lab.containers import IpBatch, add_container
@@ -175,6 +177,40 @@ async def test_event_to_rib_latency(gobgpd: Gobgpd, client: GobgpClient, host: A
         samples.sort()
         print(f"event -> gobgpd RIB ({name}), n={len(samples)}: median {statistics.median(samples) * 1e3:.1f} ms, "
               f"p99 {samples[int(0.99 * (len(samples) - 1))] * 1e3:.1f} ms, max {samples[-1] * 1e3:.1f} ms")
+
+
+async def test_endpoints_and_plan_commands(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute, uplink: str,
+                                           netns_dir: Path, tmp_path: Path) -> None:
+    """`ipvlan-bgp endpoints` and `plan` as an operator runs them: real ipvlan, a real gobgpd, nothing sent."""
+    c1 = await add_container(host, uplink, netns_dir / "c1", ["10.1.100.2/24", "2001:db8:100::2/64"])
+    await add_container(host, uplink, netns_dir / "c2", ["10.1.100.3/24"], mode=IpvlanMode.L3S, up=False)
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'uplinks = ["{uplink}"]\nownership_community = "{OWNER}"\nnetns_dirs = ["{netns_dir}"]\n'
+        f'[gobgp]\ntarget = "{gobgpd.target}"\n[status]\nsocket = "{tmp_path / "cli.sock"}"\n'
+        '[[networks]]\nprefix = "10.1.100.0/24"\n[[networks]]\nprefix = "2001:db8:100::/64"\nadvertise = "host"\n'
+    )
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "agent.cli", *args, str(config_file)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    found = {e["ifname"] + "@" + e["netns"]: e for e in json.loads(cli("endpoints", "--json"))}
+    assert set(found) == {f"eth0@{c1}", f"eth0@{netns_dir / 'c2'}"}
+    e1, e2 = found[f"eth0@{c1}"], found[f"eth0@{netns_dir / 'c2'}"]
+    assert (e1["mode"], e1["parent"], e1["ready"]) == ("L3", uplink, True)
+    assert set(e1["addresses"]) == {"10.1.100.2/24", "2001:db8:100::2/64"}
+    assert (e2["mode"], e2["ready"], e2["addresses"]) == ("L3S", False, ["10.1.100.3/24"])
+    table = cli("endpoints")
+    assert table.splitlines()[-1] == f"2 endpoint(s) on uplink(s) {uplink}" and "L3S" in table
+
+    plan = cli("plan").splitlines()
+    added = {line.split()[1] for line in plan if line.startswith("+")}
+    assert added == {"10.1.100.2/32", "10.1.100.0/24", "2001:db8:100::2/128"}  # c2 is down: not ready
+    assert plan[-1] == "3 to add, 0 to withdraw, 0 unchanged (dry run: nothing sent)"
+    assert await owned(client) == {}
 
 
 async def test_agent_sigkill_and_restart_withdraws_nothing(gobgpd: Gobgpd, client: GobgpClient,
