@@ -126,12 +126,16 @@ async def _discover(config: AgentConfig) -> tuple[tuple[Endpoint, ...], frozense
     """The endpoints, and the host's own addresses (never advertised)."""
     discovery = wiring.discovery(config)
     task = asyncio.create_task(discovery.run())
+    synced = asyncio.create_task(discovery.synced.wait())
     try:
-        await discovery.synced.wait()
+        await asyncio.wait([task, synced], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():  # discovery crashed before its first dump: say why, never wait forever
+            task.result()
         return discovery.snapshot(), discovery.host_addresses()
     finally:
+        synced.cancel()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(task, synced, return_exceptions=True)
 
 
 def _endpoint_json(e: Endpoint) -> dict[str, object]:
