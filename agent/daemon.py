@@ -359,7 +359,8 @@ class Daemon:
                 self.reconciler.invalidate()  # it may come back empty; until a pass has read it, we don't know
                 log.warning("lost gobgpd: %s", event.detail)
             else:
-                log.info("BGP peer %s", event.detail)
+                peer, _, state = event.detail.partition(" ")
+                log.info("BGP peer %s", event.detail, extra={"peer": peer, "state": state})
 
     async def _drift_timer(self) -> None:
         """Repairs drift that no event announces (a path of ours deleted behind our back): every

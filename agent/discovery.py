@@ -101,7 +101,8 @@ class NamespaceWatcher:
                 if self.path is not None and not is_nsfs(self.path):
                     self._drop(gone=True)
                     return
-                log.warning("netlink resync in %s after %s", self.label, _describe(exc))
+                log.warning("netlink resync in %s after %s", self.label, _describe(exc),
+                            extra={"namespace": self.label, "reason": _describe(exc), "count": self.resyncs})
                 await asyncio.sleep(_resync_delay(failures))
 
     def _drop(self, gone: bool) -> None:
@@ -353,7 +354,8 @@ class Discovery:
                         continue
                     self._unmounted.pop(path, None)
                     self._junk.add(identity)
-                    log.warning("ignoring %s: not a network namespace", printable(path))
+                    log.warning("ignoring %s: not a network namespace", printable(path),
+                                extra={"path": printable(path)})
                     continue
                 self._unmounted.pop(path, None)
                 present[identity] = path
