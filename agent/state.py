@@ -20,6 +20,7 @@ class PassResult:
     duration: float
     plan: Plan | None = None  # None: the pass failed
     error: str | None = None  # the exception's type name when it failed
+    error_kind: str = "internal"  # when it failed: the errors_total{kind} label (metrics.ERROR_KINDS)
     event_latency: float | None = None  # first change of the burst -> paths in gobgpd
     advertised: frozenset[IPNetwork] = frozenset()
     refused: Mapping[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)  # after the pass, by reason
