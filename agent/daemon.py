@@ -335,10 +335,16 @@ class Daemon:
                       refused: Mapping[Refusal, frozenset[IPNetwork]]) -> None:
         r = self.reconciler.stats
         desired = self.reconciler.desired
+        for name in sorted(set(stats.missing_uplinks) - set(self.state.missing_uplinks)):
+            log.warning("uplink %s does not exist in this host: no endpoint can be found on it", name,
+                        extra={"interface": name})
+        for name in sorted(set(self.state.missing_uplinks) - set(stats.missing_uplinks)):
+            log.info("uplink %s exists now", name, extra={"interface": name})
         self._publish(endpoints=endpoints, held_down=len(held),
                       advertised=MappingProxyType(dict(self.reconciler.actual or {})),
                       sources=desired.sources if desired is not None else {}, refused=refused,
                       namespaces=stats.namespaces, resyncs=stats.resyncs, netlink_dropped=stats.dropped,
+                      missing_uplinks=stats.missing_uplinks,
                       passes=r.passes, failures=r.failures, last_pass_at=r.last_pass_at,
                       last_duration=r.last_duration)
 

@@ -182,7 +182,7 @@ class PeerInfo:
     address: str
     asn: int
     state: str  # gobgpd's session state, lower case: "established", "active", "idle", ...
-    uptime: float | None  # seconds since the session came up (gobgpd keeps it after a session drops)
+    uptime: float | None  # seconds since the session last came up (None: never)
     accepted: int = 0  # received and accepted by the import policy
     advertised: int = 0
     received: int = 0
@@ -362,7 +362,8 @@ class GobgpClient:
                     address=state.neighbor_address or reply.peer.conf.neighbor_address,
                     asn=state.peer_asn or reply.peer.conf.peer_asn,
                     state=api.PeerState.SessionState.Name(state.session_state).lower(),
-                    uptime=float(uptime.seconds) if uptime.seconds else None,
+                    # timers.state.uptime is when the session came up (a timestamp), not a duration
+                    uptime=max(time.time() - uptime.seconds, 0.0) if uptime.seconds else None,
                     accepted=sum(f.accepted for f in families),
                     advertised=sum(f.advertised for f in families),
                     received=sum(f.received for f in families),

@@ -45,6 +45,7 @@ class AgentState:
     sources: Mapping[IPNetwork, tuple[str, ...]] = field(default_factory=dict)
     refused: Mapping[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)
     namespaces: int = 0
+    missing_uplinks: tuple[str, ...] = ()  # configured, but no such link in the host
     resyncs: int = 0
     netlink_dropped: Mapping[str, int] = field(default_factory=dict)
     passes: int = 0

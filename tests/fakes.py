@@ -144,6 +144,7 @@ class FakeDiscovery:
     """Endpoints set by the test; ``set()`` announces a change like netlink would."""
 
     def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
+        self.missing_uplinks: tuple[str, ...] = ()  # configured uplinks the host lacks
         self.endpoints = tuple(endpoints)
         self.synced = asyncio.Event()
         self.rescan_interval = 10.0
@@ -173,7 +174,7 @@ class FakeDiscovery:
         return self.host
 
     def stats(self) -> DiscoveryStats:
-        return DiscoveryStats(namespaces=1, resyncs=0)
+        return DiscoveryStats(namespaces=1, resyncs=0, missing_uplinks=self.missing_uplinks)
 
     def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None:
         self.uplinks, self.netns_dirs, self.rescan_interval = tuple(uplinks), tuple(netns_dirs), rescan_interval
