@@ -236,8 +236,8 @@ def _not_routed(config: AgentConfig, endpoints: Sequence[Endpoint]) -> list[tupl
     found = []
     for e in endpoints:
         if not e.ready:
-            found.append((e.netns, e.ifname, "endpoint not ready: " + ("no usable global address" if e.addresses
-                                                                         else "link down or no address")))
+            found.append((e.netns, e.ifname, "endpoint not ready: " + ("link down" if e.addresses
+                                                                         else "no usable global address")))
         for address in e.addresses:
             if not any(address.ip in n.prefix for n in config.networks):
                 found.append((e.netns, e.ifname, f"address {address.ip} outside every [[networks]] prefix"))
@@ -309,7 +309,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(exc, GobgpUnavailable | GobgpNotReady) else EXIT_FAILURE
     rows = _plan_rows(desired, p)
-    pending = bool(p.add or p.withdraw)
+    pending = not p.empty
     if args.json:
         names = {"+": "add", "-": "withdraw", "!": "refused"}
         _print_json({"changes_pending": pending, "unchanged": len(p.keep),
