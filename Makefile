@@ -94,7 +94,7 @@ install: wheel
 	sed 's|/opt/ipvlan-bgp-agent|$(PREFIX)|g' config/ipvlan-bgp-agent.service > /etc/systemd/system/ipvlan-bgp-agent.service
 	install -D -m 0644 config/gobgpd.service.d/ipvlan-bgp.conf /etc/systemd/system/gobgpd.service.d/ipvlan-bgp.conf
 	install -d $(DOCDIR)/examples
-	install -m 0644 README.md docs/install.md docs/operations.md docs/troubleshooting.md docs/metrics.md \
+	install -m 0644 README.md docs/install.md docs/operations.md docs/troubleshooting.md docs/metrics.md docs/cli.md \
 	  docs/ipv6.md docs/docker.md $(DOCDIR)/
 	install -m 0644 config/gobgpd.toml config/examples/gobgpd-dual-tor.toml contrib/prometheus/alerts.yml \
 	  contrib/grafana/ipvlan-bgp.json $(DOCDIR)/examples/
