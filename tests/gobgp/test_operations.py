@@ -228,3 +228,17 @@ def test_status_shows_peers_and_is_healthy_with_an_established_one(tmp_path: Pat
         peer = json.loads(agent.cli("status", "--json").stdout)["gobgpd"]["peers"][0]
         assert peer["state"] == "established" and peer["prefixes_advertised"] == 1 and 0 <= peer["uptime_s"] < 600
         assert "uplink no-such-uplink0 does not exist in this host" in agent.log.read_text()
+
+
+def test_json_logs_under_journald_carry_priority_and_fields(gobgpd: Gobgpd, tmp_path: Path,
+                                                            agent_factory: list[Agent]) -> None:
+    config = write_config(tmp_path / "agent.toml", gobgpd, extra='[log]\nformat = "json"')
+    agent = Agent(config, env={"JOURNAL_STREAM": "8:12345"})  # what systemd sets for a journal stdout/stderr
+    agent_factory.append(agent)
+    agent.expect("READY=1")
+    lines = agent.log.read_text().splitlines()
+    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") for line in lines), lines
+    entries = [json.loads(line[3:]) for line in lines]
+    advertised = next(e for e in entries if e["msg"].startswith("advertised 10.1.100.0/24"))
+    assert lines[entries.index(advertised)].startswith("<6>")
+    assert advertised["prefix"] == "10.1.100.0/24" and advertised["sources"] == ["network 10.1.100.0/24"]

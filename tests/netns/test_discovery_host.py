@@ -46,8 +46,18 @@ async def test_veth_and_macvlan_are_not_endpoints(discovery: Discovery, netns_di
         run_in(path, "ip", "link", "set", "mv0", "up")
         await eventually(lambda: discovery.stats().namespaces == 2, what="namespace found")
         assert discovery.snapshot() == ()
+        await eventually(lambda: {(ns, link.ifname, why) for ns, link, why in discovery.ignored()} >= {
+            (str(path), "mv0", "not an ipvlan slave (macvlan)"), (str(path), b, "not an ipvlan slave (veth)")},
+            what="`endpoints --all` reasons")
+        assert all(link.ifname != "lo" for _, link, _ in discovery.ignored())
     finally:
         run_in(None, "ip", "link", "del", a, check=False)
+
+
+async def test_missing_uplinks_are_reported(discovery: Discovery) -> None:
+    assert discovery.stats().missing_uplinks == ()  # "lo" exists
+    discovery.reconfigure(["lo", "nosuchlink0"], discovery.netns_dirs, discovery.rescan_interval)
+    assert discovery.stats().missing_uplinks == ("nosuchlink0",)
 
 
 async def test_changes_wake_the_consumer(discovery: Discovery, netns_dir: Path) -> None:
