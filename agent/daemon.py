@@ -264,9 +264,10 @@ class Daemon:
                 await self._check_rib()
             if not self._pass_needed(reasons):
                 continue
+            drift_check = self._in_sync and not reasons & WANTING_A_PASS  # so a change it makes repairs drift
             result = await self._beating(self._pass(first_change_at))
             self._last_pass_ended = time.monotonic()
-            self.metrics.observe_pass(result, drift_check=not reasons & WANTING_A_PASS)
+            self.metrics.observe_pass(result, drift_check=drift_check)
             if result.ok:
                 retry.reset()
                 self._in_sync = True
