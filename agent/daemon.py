@@ -304,7 +304,8 @@ class Daemon:
         if damped.next_release is not None:
             self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
         for endpoint in set(damped.held) - set(self._held_down):
-            log.warning("holding down flapping endpoint %s", endpoint.label)
+            log.warning("holding down flapping endpoint %s", endpoint.label,
+                        extra={"namespace": endpoint.netns, "interface": endpoint.ifname})
         self._held_down = damped.held
         stats = self.discovery.stats()
         refused_before = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
