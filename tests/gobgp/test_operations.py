@@ -153,6 +153,11 @@ def test_status_routes_and_metrics(gobgpd: Gobgpd, tmp_path: Path, agent_factory
     assert "ipvlan_bgp_gobgpd_reachable 1.0" in metrics
     assert 'ipvlan_bgp_reconcile_passes_total{result="ok"}' in metrics
     assert "ipvlan_bgp_reconcile_duration_seconds_bucket" in metrics
+    assert 'ipvlan_bgp_build_info{gobgp_api="v3",version="' in metrics and "_created" not in metrics
+    assert 'ipvlan_bgp_errors_total{kind="gobgpd_unavailable"} 0.0' in metrics
+    success = next(line for line in metrics.splitlines()
+                   if line.startswith("ipvlan_bgp_last_reconcile_success_timestamp_seconds "))
+    assert abs(float(success.split()[1]) - time.time()) < 600
     assert os.stat(tmp_path / "agent.sock").st_mode & 0o777 == 0o600
 
 
@@ -172,7 +177,8 @@ def test_unreachable_and_unhealthy_exit_codes(gobgpd: Gobgpd, tmp_path: Path, ag
 
 async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path,
                                                   agent_factory: list[Agent]) -> None:
-    config = write_config(tmp_path / "agent.toml", gobgpd)
+    port = free_port()
+    config = write_config(tmp_path / "agent.toml", gobgpd, metrics_port=port)
     agent = Agent(config)
     agent_factory.append(agent)
     agent.expect("READY=1")
@@ -185,7 +191,7 @@ async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path
         assert "reload refused" in agent.log.read_text() and "bogus_key" in agent.log.read_text()
         assert {str(r.prefix): r for r in await client.list_owned_paths(4)} == before
 
-        write_config(config, gobgpd, community="65001:999")
+        write_config(config, gobgpd, metrics_port=port, community="65001:999")
         agent.proc.send_signal(signal.SIGHUP)
         agent.expect("READY=1")
         deadline = time.monotonic() + 30
@@ -198,6 +204,9 @@ async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path
         assert after["10.1.200.0/24"] == before["10.1.200.0/24"]
     status = json.loads(agent.cli("status", "--json").stdout)
     assert status["healthy"]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for result, count in (("invalid", 1), ("ok", 1), ("refused", 0)):
+        assert f'ipvlan_bgp_config_reloads_total{{result="{result}"}} {count}.0' in metrics
     log = agent.log.read_text()
     assert log.count("advertised 10.1.100.0/24") == 2 and log.count("advertised 10.1.200.0/24") == 1
 
