@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -195,13 +196,12 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@dataclass(frozen=True)
 class Discovered:
-    def __init__(self, endpoints: tuple[Endpoint, ...], host_addresses: frozenset[IPAddress],
-                 ignored: list[tuple[str, Link, str]], missing_uplinks: tuple[str, ...]) -> None:
-        self.endpoints = endpoints
-        self.host_addresses = host_addresses
-        self.ignored = ignored
-        self.missing_uplinks = missing_uplinks
+    endpoints: tuple[Endpoint, ...]
+    host_addresses: frozenset[IPAddress]  # never advertised
+    ignored: list[tuple[str, Link, str]]  # (namespace, link, reason)
+    missing_uplinks: tuple[str, ...]
 
 
 async def _discover(config: AgentConfig) -> Discovered:

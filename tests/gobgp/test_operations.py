@@ -172,7 +172,7 @@ def test_unreachable_and_unhealthy_exit_codes(gobgpd: Gobgpd, tmp_path: Path, ag
     while "UNREACHABLE" not in (out := agent.cli("status")).stdout:
         assert time.monotonic() < deadline, out.stdout + out.stderr
         time.sleep(0.1)
-    assert out.returncode == 1 and "agent:      UNHEALTHY: lost gobgpd" in out.stdout
+    assert out.returncode == 1 and "agent:      UNHEALTHY: " in out.stdout  # lost gobgpd, or a pass failed
 
 
 async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path,
