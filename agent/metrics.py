@@ -64,8 +64,9 @@ class Metrics:
         self.passes = Counter("ipvlan_bgp_reconcile_passes_total", "Reconcile passes", ["result"], registry=r)
         self.last_success = Gauge("ipvlan_bgp_last_reconcile_success_timestamp_seconds",
                                   "Unix time the last reconcile pass succeeded (0: none yet)", registry=r)
-        self.drift_repairs = Counter("ipvlan_bgp_drift_repairs_total", "Passes asked for by a drift check alone "
-                                     "(RIB count check, periodic full re-read) that had to change gobgpd's paths", registry=r)
+        self.drift_repairs = Counter("ipvlan_bgp_drift_repairs_total",
+                                     "Passes asked for by a drift check alone (RIB count check, periodic full "
+                                     "re-read) that had to change gobgpd's paths", registry=r)
         self.build_info = Gauge("ipvlan_bgp_build_info", "Always 1: the agent's version and the GoBGP API it speaks",
                                 ["version", "gobgp_api"], registry=r)
         self.build_info.labels(version=__version__, gobgp_api=GOBGP_API).set(1)
