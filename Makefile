@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
-.PHONY: setup deps venv stubs wheel deb test test-fast lint demo bench install clean
+.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench install clean
 
 setup: deps venv stubs
 
@@ -35,6 +35,11 @@ venv: $(VENV)/.installed
 
 stubs: venv
 	$(PY) proto/generate.py
+
+# Shell completion, generated from the CLI's argparse parser by shtab (a dev dependency; the scripts are
+# committed, and tests/unit/test_cli.py fails when they no longer match the parser: then run this).
+completions: venv
+	$(PY) -m tests.completions contrib/completion
 
 # The wheel generates its own GoBGP stubs while it is built (setup.py); the dev venv has the build tools,
 # so no network is needed here. Output in dist/.
@@ -89,10 +94,12 @@ install: wheel
 	sed 's|/opt/ipvlan-bgp-agent|$(PREFIX)|g' config/ipvlan-bgp-agent.service > /etc/systemd/system/ipvlan-bgp-agent.service
 	install -D -m 0644 config/gobgpd.service.d/ipvlan-bgp.conf /etc/systemd/system/gobgpd.service.d/ipvlan-bgp.conf
 	install -d $(DOCDIR)/examples
-	install -m 0644 README.md docs/install.md docs/operations.md docs/troubleshooting.md docs/metrics.md \
+	install -m 0644 README.md docs/install.md docs/operations.md docs/troubleshooting.md docs/metrics.md docs/cli.md \
 	  docs/ipv6.md docs/docker.md $(DOCDIR)/
 	install -m 0644 config/gobgpd.toml config/examples/gobgpd-dual-tor.toml contrib/prometheus/alerts.yml \
 	  contrib/grafana/ipvlan-bgp.json $(DOCDIR)/examples/
+	install -D -m 0644 contrib/completion/bash/ipvlan-bgp /usr/share/bash-completion/completions/ipvlan-bgp
+	install -D -m 0644 contrib/completion/zsh/_ipvlan-bgp /usr/share/zsh/vendor-completions/_ipvlan-bgp
 	test -e /etc/ipvlan-bgp/agent.toml || install -D -m 0600 config/agent.toml /etc/ipvlan-bgp/agent.toml
 	test -e /etc/gobgpd/gobgpd.toml || install -D -m 0644 config/gobgpd.toml /etc/gobgpd/gobgpd.toml
 	-systemctl daemon-reload 2>/dev/null

@@ -33,7 +33,7 @@ from .discovery import DiscoveryStats, EndpointSource
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
-from .metrics import Metrics
+from .metrics import Metrics, error_kind
 from .model import IPNetwork
 from .reconciler import Reconciler
 from .routes import Plan, Refusal
@@ -50,6 +50,7 @@ TASK_RESTART_FIRST = 0.5
 TASK_RESTART_MAX = 30.0
 TASK_HEALTHY_AFTER = 60.0  # a task that ran this long before ending starts its backoff afresh
 HEARTBEAT = 1.0  # the loop answers at least this often, idle or inside a pass
+PEER_REFRESH_TIMEOUT = 5.0  # for the ListPeer behind the per-peer metrics
 
 
 T = TypeVar("T")
@@ -70,6 +71,9 @@ class Backoff:
     def reset(self) -> None:
         self._next = self.first
 
+
+# Wake-up reasons that always take a pass; the others (drift checks) only when gobgpd's table moved.
+WANTING_A_PASS = frozenset({Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD})
 
 # Changes that take a restart to apply; a reload that changes one of them is refused whole.
 RESTART_ONLY = ("gobgp", "status", "metrics", "ownership_community")
@@ -262,9 +266,10 @@ class Daemon:
                 await self._check_rib()
             if not self._pass_needed(reasons):
                 continue
+            drift_check = self._in_sync and not reasons & WANTING_A_PASS  # so a change it makes repairs drift
             result = await self._beating(self._pass(first_change_at))
             self._last_pass_ended = time.monotonic()
-            self.metrics.observe_pass(result)
+            self.metrics.observe_pass(result, drift_check=drift_check)
             if result.ok:
                 retry.reset()
                 self._in_sync = True
@@ -283,8 +288,7 @@ class Daemon:
     def _pass_needed(self, reasons: set[Reason]) -> bool:
         """False when nothing changed on either side since the last good pass, so its plan would be empty
         (at 10,000 endpoints a pass is ~0.35 s of CPU, and the periodic checks would otherwise pay it)."""
-        wanting = {Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD}
-        return bool(reasons & wanting) or not self._in_sync or self.reconciler.actual is None
+        return bool(reasons & WANTING_A_PASS) or not self._in_sync or self.reconciler.actual is None
 
     async def _check_rib(self) -> None:
         try:
@@ -302,18 +306,20 @@ class Daemon:
         if damped.next_release is not None:
             self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
         for endpoint in set(damped.held) - set(self._held_down):
-            log.warning("holding down flapping endpoint %s", endpoint.label)
+            log.warning("holding down flapping endpoint %s", endpoint.label,
+                        extra={"namespace": endpoint.netns, "interface": endpoint.ifname})
         self._held_down = damped.held
         stats = self.discovery.stats()
         refused_before = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
         started = time.perf_counter()
         plan: Plan | None = None
         error: str | None = None
+        kind = "internal"
         try:
             self.reconciler.host_addresses = self.discovery.host_addresses()
             plan = await self.reconciler.reconcile(damped.endpoints)
         except Exception as exc:  # any failure costs a retry, never the loop
-            error = type(exc).__name__
+            error, kind = type(exc).__name__, error_kind(exc)
             if isinstance(exc, GobgpError):
                 log.warning("reconcile failed: %s", exc)
             else:
@@ -323,7 +329,7 @@ class Daemon:
         self._publish_pass(endpoints, damped.held, stats, refused)
         return PassResult(
             endpoints=endpoints, held_down=damped.held, namespaces=stats.namespaces, resyncs=stats.resyncs,
-            duration=duration, plan=plan, error=error,
+            duration=duration, plan=plan, error=error, error_kind=kind,
             event_latency=None if first_change_at is None or plan is None else time.monotonic() - first_change_at,
             advertised=frozenset(self.reconciler.actual or {}), refused=refused, refused_before=refused_before,
             netlink_dropped=stats.dropped,
@@ -333,10 +339,16 @@ class Daemon:
                       refused: Mapping[Refusal, frozenset[IPNetwork]]) -> None:
         r = self.reconciler.stats
         desired = self.reconciler.desired
+        for name in sorted(set(stats.missing_uplinks) - set(self.state.missing_uplinks)):
+            log.warning("uplink %s does not exist in this host: no endpoint can be found on it", name,
+                        extra={"interface": name})
+        for name in sorted(set(self.state.missing_uplinks) - set(stats.missing_uplinks)):
+            log.info("uplink %s exists now", name, extra={"interface": name})
         self._publish(endpoints=endpoints, held_down=len(held),
                       advertised=MappingProxyType(dict(self.reconciler.actual or {})),
                       sources=desired.sources if desired is not None else {}, refused=refused,
                       namespaces=stats.namespaces, resyncs=stats.resyncs, netlink_dropped=stats.dropped,
+                      missing_uplinks=stats.missing_uplinks,
                       passes=r.passes, failures=r.failures, last_pass_at=r.last_pass_at,
                       last_duration=r.last_duration)
 
@@ -353,15 +365,28 @@ class Daemon:
                 self._publish(gobgp_reachable=True)
                 self.reconciler.invalidate()
                 self.wakeups.post(Reason.GOBGP)
+                await self._refresh_peers()
             elif event.kind is GobgpEventKind.LOST:
                 self.metrics.gobgp_up.set(0)
                 self._publish(gobgp_reachable=False)
                 self._in_sync = False
                 self._set_health(False, f"lost gobgpd: {event.detail}")
                 self.reconciler.invalidate()  # it may come back empty; until a pass has read it, we don't know
+                self.metrics.observe_gobgpd_lost()
                 log.warning("lost gobgpd: %s", event.detail)
             else:
-                log.info("BGP peer %s", event.detail)
+                peer, _, state = event.detail.partition(" ")
+                log.info("BGP peer %s", event.detail, extra={"peer": peer, "state": state})
+                await self._refresh_peers()
+
+    async def _refresh_peers(self) -> None:
+        """Per-peer metrics from one ListPeer: on each drift check and peer event, never per scrape."""
+        try:
+            peers = await asyncio.wait_for(self.speaker.list_peers(), PEER_REFRESH_TIMEOUT)
+        except (GobgpError, TimeoutError) as exc:
+            log.debug("peer refresh: %s", exc)
+            return
+        self.metrics.observe_peers(peers)
 
     async def _drift_timer(self) -> None:
         """Repairs drift that no event announces (a path of ours deleted behind our back): every
@@ -377,6 +402,7 @@ class Daemon:
                 continue  # a reload: wait by the new timers, not out the old one (it may be a day)
             except TimeoutError:
                 pass
+            await self._refresh_peers()
             if time.monotonic() - last_full >= timers.full_reconcile:
                 last_full = time.monotonic()
                 self.wakeups.post(Reason.FULL_READ)

@@ -176,10 +176,20 @@ class BgpInfo:
 
 @dataclass(frozen=True)
 class PeerInfo:
+    """One BGP neighbour as gobgpd's ListPeer reports it (``gobgp neighbor``). Counts are summed over the
+    peer's address families; ``advertised`` is adj-out, after the export policy."""
+
     address: str
     asn: int
-    state: str
-    uptime: float | None
+    state: str  # gobgpd's session state, lower case: "established", "active", "idle", ...
+    uptime: float | None  # seconds since the session last came up (None: never)
+    accepted: int = 0  # received and accepted by the import policy
+    advertised: int = 0
+    received: int = 0
+
+    @property
+    def established(self) -> bool:
+        return self.state == "established"
 
 
 class BgpSpeaker(Protocol):
@@ -342,15 +352,21 @@ class GobgpClient:
 
     async def list_peers(self) -> list[PeerInfo]:
         peers = []
+        request = api.ListPeerRequest(enableAdvertised=True)  # without it gobgpd leaves `advertised` at 0
         with _mapped("ListPeer"):
-            async for reply in self._stub.ListPeer(api.ListPeerRequest(), timeout=self.rpc_timeout):
+            async for reply in self._stub.ListPeer(request, timeout=self.rpc_timeout):
                 state = reply.peer.state
                 uptime = reply.peer.timers.state.uptime
+                families = [family.state for family in reply.peer.afi_safis]
                 peers.append(PeerInfo(
                     address=state.neighbor_address or reply.peer.conf.neighbor_address,
                     asn=state.peer_asn or reply.peer.conf.peer_asn,
                     state=api.PeerState.SessionState.Name(state.session_state).lower(),
-                    uptime=float(uptime.seconds) if uptime.seconds else None,
+                    # timers.state.uptime is when the session came up (a timestamp), not a duration
+                    uptime=max(time.time() - uptime.seconds, 0.0) if uptime.seconds else None,
+                    accepted=sum(f.accepted for f in families),
+                    advertised=sum(f.advertised for f in families),
+                    received=sum(f.received for f in families),
                 ))
         return peers
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .config import AgentConfig
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker
+from .logs import source_fields
 from .model import IPAddress, IPNetwork, Route
 from .routes import Desired, Plan, Refusal, desired_routes, plan
 
@@ -43,12 +44,15 @@ LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; 
 def _log_routes(verb: str, routes: tuple[Route, ...], desired: Desired) -> None:
     level = logging.INFO
     if len(routes) > LOG_EACH_UP_TO:
-        log.info("%s %d path(s): %s ... %s", verb, len(routes), routes[0].prefix, routes[-1].prefix)
+        log.info("%s %d path(s): %s ... %s", verb, len(routes), routes[0].prefix, routes[-1].prefix,
+                 extra={"count": len(routes), "first_prefix": str(routes[0].prefix),
+                        "last_prefix": str(routes[-1].prefix)})
         level = logging.DEBUG
     if log.isEnabledFor(level):
         for route in routes:
             sources = desired.sources.get(route.prefix, ())
-            log.log(level, "%s %s%s", verb, route.prefix, f" ({', '.join(sources)})" if sources else "")
+            log.log(level, "%s %s%s", verb, route.prefix, f" ({', '.join(sources)})" if sources else "",
+                    extra={"prefix": str(route.prefix), **source_fields(sources)})
 
 
 class Reconciler:
@@ -156,7 +160,8 @@ class Reconciler:
                                            if reason == Refusal.QUOTA else
                                            f"max_prefixes ({self.config.max_prefixes}) reached")
                 level = logging.WARNING if reason in why else logging.ERROR
-                log.log(level, "refused %s%s: %s", prefix, f" from {', '.join(sources)}" if sources else "", text)
+                log.log(level, "refused %s%s: %s", prefix, f" from {', '.join(sources)}" if sources else "", text,
+                        extra={"prefix": str(prefix), "reason": reason.value, **source_fields(sources)})
         self.stats.refused = now
         self.stats.refused_outside = now[Refusal.OUTSIDE]
         self.stats.refused_cap = now[Refusal.CAP]

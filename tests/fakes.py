@@ -23,6 +23,8 @@ from agent.gobgp import (
 )
 from agent.model import IPAddress, IPNetwork, LargeCommunity, Route
 
+FAKE_PEER = "192.0.2.254"
+
 
 class FakeGobgp:
     """A gobgpd in memory. Failure knobs (each applies to the next write call, then resets, unless noted):
@@ -46,6 +48,8 @@ class FakeGobgp:
         self.drop_at_batch: int | None = None
         self.down = False
         self.closed = False
+        self.peer_state = "established"  # of the one ToR peer, FAKE_PEER
+        self.peer_lists = 0  # list_peers calls
         self._released = asyncio.Event()
         self._released.set()
         self._events: asyncio.Queue[GobgpEvent] = asyncio.Queue()
@@ -120,7 +124,15 @@ class FakeGobgp:
 
     async def list_peers(self) -> list[PeerInfo]:
         await self._answer()
-        return [PeerInfo("192.0.2.254", 65000, "established", 1.0)]
+        self.peer_lists += 1
+        up = self.peer_state == "established"
+        return [PeerInfo(FAKE_PEER, 65000, self.peer_state, 1.0, accepted=1 if up else 0,
+                         advertised=len(self.rib) if up else 0, received=1 if up else 0)]
+
+    def set_peer_state(self, state: str) -> None:
+        """The ToR session moves to ``state`` (gobgpd's name, lower case); the watch stream sees a PEER event."""
+        self.peer_state = state
+        self._events.put_nowait(GobgpEvent(GobgpEventKind.PEER, f"{FAKE_PEER} {state}"))
 
     async def watch(self) -> AsyncIterator[GobgpEvent]:
         while True:
@@ -134,6 +146,7 @@ class FakeDiscovery:
     """Endpoints set by the test; ``set()`` announces a change like netlink would."""
 
     def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
+        self.missing_uplinks: tuple[str, ...] = ()  # configured uplinks the host lacks
         self.endpoints = tuple(endpoints)
         self.synced = asyncio.Event()
         self.rescan_interval = 10.0
@@ -163,7 +176,7 @@ class FakeDiscovery:
         return self.host
 
     def stats(self) -> DiscoveryStats:
-        return DiscoveryStats(namespaces=1, resyncs=0)
+        return DiscoveryStats(namespaces=1, resyncs=0, missing_uplinks=self.missing_uplinks)
 
     def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None:
         self.uplinks, self.netns_dirs, self.rescan_interval = tuple(uplinks), tuple(netns_dirs), rescan_interval

@@ -31,7 +31,8 @@ async def test_plan_is_a_dry_run_and_shows_refusals(gobgpd: Gobgpd, client: Gobg
     assert out.returncode == 0, out.stderr
     rows = [line.split(None, 2) for line in out.stdout.splitlines()[1:-1]]
     # aggregates with aggregate_when = "always": the cap keeps the first, refuses the second
-    assert rows == [["+", "10.1.100.0/24", "network 10.1.100.0/24"], ["!", "10.1.200.0/24", "refused: max_prefixes"]]
+    assert rows == [["+", "10.1.100.0/24", "network 10.1.100.0/24"],
+                    ["!", "10.1.200.0/24", "refused: max_prefixes (network 10.1.200.0/24)"]]
     assert out.stdout.splitlines()[-1] == "1 to add, 0 to withdraw, 0 unchanged (dry run: nothing sent)"
     assert await owned_prefixes(client) == set()  # dry run
 

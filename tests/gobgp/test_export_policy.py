@@ -63,3 +63,14 @@ async def test_export_policy_drops_paths_outside_the_networks(tmp_path: Path) ->
             await client.add_paths(routes("10.1.100.6/32"))
             rib = await tor_rib_once_it_has({"10.1.100.6/32"})
         assert rib == {"10.1.100.5/32", "10.1.100.0/24", "10.1.100.6/32"}  # 8.8.8.8/32 and the /16 never left
+        # gobgpd's ListPeer as the status command and the per-peer metrics read it: adj-out after the policy
+        deadline = time.monotonic() + 30
+        async with GobgpClient(host.target, OWNER) as client:
+            while True:
+                peers = await client.list_peers()
+                if peers and peers[0].advertised == 3:
+                    break
+                assert time.monotonic() < deadline, peers
+                await asyncio.sleep(0.1)
+        assert peers[0].address == "127.0.0.1" and peers[0].established and peers[0].asn == 65000
+        assert peers[0].uptime is not None and 0 <= peers[0].uptime < 600 and peers[0].accepted == 0

@@ -87,8 +87,18 @@ async def test_veth_and_macvlan_are_not_endpoints(discovery_factory: Callable[..
             assert isinstance(link, Link) and link.parent_ifindex == socket.if_nametoindex(a)
             assert link.parent_nsid is not None and link.parent_nsid == view.own_nsid
         assert discovery.snapshot() == ()
+        await eventually(lambda: {(ns, link.ifname, why) for ns, link, why in discovery.ignored()} >= {
+            (str(path), "mv0", "not an ipvlan slave (macvlan)"), (str(path), b, "not an ipvlan slave (veth)")},
+            what="`endpoints --all` reasons")
+        assert all(link.ifname != "lo" for _, link, _ in discovery.ignored())
     finally:
         run_in(None, "ip", "link", "del", a, check=False)
+
+
+async def test_missing_uplinks_are_reported(discovery: Discovery) -> None:
+    assert discovery.stats().missing_uplinks == ()  # "lo" exists
+    discovery.reconfigure(["lo", "nosuchlink0"], discovery.netns_dirs, discovery.rescan_interval)
+    assert discovery.stats().missing_uplinks == ("nosuchlink0",)
 
 
 async def test_changes_wake_the_consumer(discovery: Discovery, netns_dir: Path) -> None:

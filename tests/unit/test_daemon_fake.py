@@ -132,7 +132,7 @@ async def test_a_pass_that_raises_unexpectedly_is_retried(tmp_path: Path) -> Non
         discovery.set(endpoint("10.1.0.3/16"))
         await eventually(lambda: held(fake) == {"10.1.0.3/32", "10.1.0.0/16"}, what="retried pass")
         assert metric(daemon, "ipvlan_bgp_reconcile_passes_total", result="error") == 1
-        assert metric(daemon, "ipvlan_bgp_errors_total", kind="RuntimeError") == 1
+        assert metric(daemon, "ipvlan_bgp_errors_total", kind="internal") == 1
 
 
 async def test_a_task_that_raises_is_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
