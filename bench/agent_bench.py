@@ -160,9 +160,9 @@ def agent_config(target: str, uplink: str, netns_dir: Path, **extra: Any) -> Age
 @asynccontextmanager
 async def testbed(name: str) -> AsyncIterator[tuple[Gobgpd, Any, str, Path]]:
     run_in(None, "ip", "link", "set", "lo", "up")
-    base = Path(os.environ.get("IBGP_GUEST_TMP") or tempfile.mkdtemp()) / name
+    base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=os.environ.get("IBGP_GUEST_TMP")))
     netns_dir = base / "netns"
-    netns_dir.mkdir(parents=True)
+    netns_dir.mkdir()
     host = await netlink_in(None)
     uplink = f"up{name[:8]}"
     await host.link("add", ifname=uplink, kind="dummy")
@@ -485,11 +485,13 @@ async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 200
         churn = Churn(ns, [f"e{i}" for i in range(endpoints)], pool, "10.16.0.0")
         # The agent in its own process, as in production: in this one it would share a core and an event
         # loop with the pacing and the RIB watch (which parses every path update: 2,000 a second here).
+        # The watch's marker path goes in first: added later, it would move gobgpd's counts under the agent's
+        # path-count check and cost a full re-read in the middle of the churn.
+        watch = await RibWatch(gobgpd.target).start()
         with agent_process(gobgpd.target, uplink, netns_dir, "churn") as agent:
             await agent_in_sync(agent, netns_dir, "churn")
-            await wait_for_count(client, endpoints + pool, agent)
+            await wait_for_count(client, endpoints + pool + 1, agent)
             agent_cpu = _cpu_seconds(agent.pid)
-            watch = await RibWatch(gobgpd.target).start()
             t0 = time.monotonic()
             achieved = await churn.run(rate, seconds)
             wanted = {f"{a}/32" for a in churn.present} | {f"10.2.{i}.1/32" for i in range(endpoints)}
@@ -517,10 +519,10 @@ async def bench_noisy(rate: int, seconds: float, events: int, endpoints: int = 1
         churn = Churn(noisy_ns, [f"e{i}" for i in range(endpoints)], pool, "10.16.0.0")
         quiet_ns = create_netns(netns_dir / "quiet")
         await add_ipvlan(host, uplink, quiet_ns, addresses=["10.1.0.2/16"])
+        watch = await RibWatch(gobgpd.target).start()
         with agent_process(gobgpd.target, uplink, netns_dir, "noisy", rib_check=3600) as agent:
             await agent_in_sync(agent, netns_dir, "noisy")
-            await wait_for_count(client, endpoints + pool + 1, agent)
-            watch = await RibWatch(gobgpd.target).start()
+            await wait_for_count(client, endpoints + pool + 2, agent)  # + the quiet endpoint and the marker
             with IpBatch(quiet_ns) as ip:
                 quiet = await sample_round(client, watch, ip, events, indices)
                 t0 = time.monotonic()
