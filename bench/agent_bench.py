@@ -268,6 +268,7 @@ async def bench_latency(events: int, rounds: int = 3, others: tuple[int, ...] = 
                 await agent_in_sync(proc, netns_dir, name)
                 samples = []
                 with IpBatch(ns) as ip:  # the change comes from another program, as Docker's does
+                    await sample_round(client, watch, ip, 1, indices)  # unrecorded: the first line waits for `ip`
                     for _ in range(rounds):
                         samples.append(await sample_round(client, watch, ip, events, indices))
             result["by_others"][str(size)] = {"others_created_s": created, "agent_exec_to_all_s": started,
@@ -392,11 +393,19 @@ class Churn:
         self.adds: list[tuple[str, float]] = []  # (address, when its add was written)
         self.dels: list[tuple[str, float]] = []
         self.changes = 0
+        self.started = 0.0  # when the paced changes began
 
-    async def run(self, rate: int, seconds: float) -> float:
+    async def run(self, rate: int, seconds: float, watch: RibWatch) -> float:
         """Returns the achieved rate."""
         ip = IpBatch(self.ns)  # applies changes as fast as it reads them; we pace the lines
-        t0 = time.monotonic()
+        # One add seen in the RIB before the clock starts: the first line waits for `ip` to start.
+        warm = next(self.fresh)
+        self.dev_of[warm] = self.devs[0]
+        mark = len(watch.seen)
+        ip.send(f"address add {warm}/32 dev {self.devs[0]}")
+        self.present.append(warm)
+        await watch.wait(f"{warm}/32", False, mark, 300)
+        t0 = self.started = time.monotonic()
         n = 0
         while time.monotonic() - t0 < seconds:
             due = int((time.monotonic() - t0) * rate)
@@ -421,7 +430,7 @@ class Churn:
         self.changes += n
         return n / elapsed
 
-    def account(self, watch: RibWatch, t0: float) -> dict[str, Any]:
+    def account(self, watch: RibWatch) -> dict[str, Any]:
         """Every add written: its lag to its own prefix's first add in gobgpd's stream, or counted missing."""
         rib_adds, rib_dels = watch.first_times(False), watch.first_times(True)
         deleted_at = {a: at for a, at in self.dels}
@@ -431,7 +440,7 @@ class Churn:
             times = rib_adds.get(f"{address}/32", [])
             later = times[bisect.bisect_left(times, at):]
             if later:
-                lags.append((at - t0, later[0] - at))
+                lags.append((at - self.started, later[0] - at))
             elif address in deleted_at:
                 missing_deleted += 1
             else:
@@ -491,17 +500,16 @@ async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 200
         with agent_process(gobgpd.target, uplink, netns_dir, "churn") as agent:
             await agent_in_sync(agent, netns_dir, "churn")
             await wait_for_count(client, endpoints + pool + 1, agent)
-            agent_cpu = _cpu_seconds(agent.pid)
-            t0 = time.monotonic()
-            achieved = await churn.run(rate, seconds)
+            agent_cpu, window = _cpu_seconds(agent.pid), time.monotonic()
+            achieved = await churn.run(rate, seconds, watch)
             wanted = {f"{a}/32" for a in churn.present} | {f"10.2.{i}.1/32" for i in range(endpoints)}
             held, settle = await exact_state(client, wanted)
-            agent_cpu = _cpu_seconds(agent.pid) - agent_cpu
+            agent_cpu, window = _cpu_seconds(agent.pid) - agent_cpu, time.monotonic() - window
             await watch.stop()
     return {"rate_per_s": rate, "seconds": seconds, "changes": churn.changes, "achieved_rate": achieved,
             "endpoints": endpoints, "pool": pool, "missing": len(wanted - held), "stale": len(held - wanted),
-            "settle_after_end_s": settle, "agent_cpu_percent_of_a_core": 100 * agent_cpu / (seconds + settle),
-            **churn.account(watch, t0),
+            "settle_after_end_s": settle, "agent_cpu_percent_of_a_core": 100 * agent_cpu / window,
+            **churn.account(watch),
             "note": "even changes add a fresh /32 (never reused), odd ones delete the oldest present (a pool of "
                     f"{pool} written before the agent started, then the churn's own adds); an add deleted again "
                     "before the agent advertised it counts as never advertised"}
@@ -524,9 +532,10 @@ async def bench_noisy(rate: int, seconds: float, events: int, endpoints: int = 1
             await agent_in_sync(agent, netns_dir, "noisy")
             await wait_for_count(client, endpoints + pool + 2, agent)  # + the quiet endpoint and the marker
             with IpBatch(quiet_ns) as ip:
+                await sample_round(client, watch, ip, 1, indices)  # unrecorded: the first line waits for `ip`
                 quiet = await sample_round(client, watch, ip, events, indices)
                 t0 = time.monotonic()
-                noise = asyncio.create_task(churn.run(rate, seconds))
+                noise = asyncio.create_task(churn.run(rate, seconds, watch))
                 noisy: list[Samples] = []
                 while not noise.done():  # sample for as long as the noise lasts, in rounds of ``events``
                     noisy.append(await sample_round(client, watch, ip, min(events, 10), indices))

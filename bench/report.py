@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,7 @@ def benchmarks_md(run: dict[str, Any], base: dict[str, Any], run_path: Path, bas
         " agent's samples.",
     ]
     if png.exists():
-        lines += ["", f"![latency distributions and churn lag]({png.resolve().relative_to(docs_dir.resolve())})"]
+        lines += ["", f"![latency distributions and churn lag]({os.path.relpath(png, docs_dir)})"]
     if run.get("latency"):
         lat = run["latency"]
         lines += [
