@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
@@ -691,23 +692,31 @@ async def run_all(args: argparse.Namespace, json_path: Path) -> dict[str, Any]:
     for name in args.only or SCENARIOS:
         started = time.monotonic()
         print(f"[{name}] ...", flush=True)
-        if name == "latency":
-            result[name] = await bench_latency(args.events, args.rounds, tuple(args.others))
-        elif name == "tor":
-            result[name] = await bench_tor(args.tor_samples)
-        elif name == "scale":
-            result[name] = await bench_scale(args.scale, args.profile)
-        elif name == "churn":
-            result[name] = await bench_churn(args.churn_rate, args.churn_seconds, 100, args.churn_pool)
-        elif name == "noisy":
-            result[name] = await bench_noisy(args.churn_rate, args.noisy_seconds, args.events,
-                                             pool=args.churn_pool)
-        elif name == "idle":
-            result[name] = await bench_idle(1000, args.idle_seconds, args.idle_full_reconcile, args.profile)
+        try:
+            result[name] = await run_one(name, args)
+        except Exception as exc:  # keep the other scenarios' figures; the failure is recorded, not hidden
+            traceback.print_exc()
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            result["failed"] = [*result.get("failed", []), name]
         result["scenario_seconds"][name] = time.monotonic() - started
         print(f"[{name}] {time.monotonic() - started:.0f} s: {json.dumps(_public(result[name]))}", flush=True)
         save(result, json_path)
     return result
+
+
+async def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == "latency":
+        return await bench_latency(args.events, args.rounds, tuple(args.others))
+    if name == "tor":
+        return await bench_tor(args.tor_samples)
+    if name == "scale":
+        return await bench_scale(args.scale, args.profile)
+    if name == "churn":
+        return await bench_churn(args.churn_rate, args.churn_seconds, 100, args.churn_pool)
+    if name == "noisy":
+        return await bench_noisy(args.churn_rate, args.noisy_seconds, args.events, pool=args.churn_pool)
+    assert name == "idle", name
+    return await bench_idle(1000, args.idle_seconds, args.idle_full_reconcile, args.profile)
 
 
 def main() -> int:
@@ -751,7 +760,7 @@ def main() -> int:
     result = asyncio.run(run_all(args, out / f"agent-{stamp}.json"))
     plot(result, out / f"agent-{stamp}.png")
     print(f"results: {out / f'agent-{stamp}.json'}")
-    return 0
+    return 1 if result.get("failed") else 0
 
 
 if __name__ == "__main__":

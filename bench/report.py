@@ -59,11 +59,17 @@ def provenance(data: dict[str, Any]) -> str:
     return f"`{commit[:12]}` ({state})"
 
 
+def measured(run: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A scenario's figures, or None when it did not run or failed (a failure is listed, never tabled)."""
+    figures = run.get(name)
+    return figures if isinstance(figures, dict) and "error" not in figures else None
+
+
 def results_table(run: dict[str, Any]) -> list[str]:
     """Every scenario of the run against its target: the rows both documents share."""
     rows = ["| scenario | agent | same-run baseline | ratio / delta | target | met? |",
             "|---|---|---|---|---|---|"]
-    latency = run.get("latency")
+    latency = measured(run, "latency")
     if latency:
         for size, f in latency["by_others"].items():
             others = f"{int(size):,} other endpoints" if int(size) else "alone"
@@ -78,7 +84,7 @@ def results_table(run: dict[str, Any]) -> list[str]:
                     f" {call} → WatchEvent p50 {ms(fl['p50_ms'])}, p99 {ms(fl['p99_ms'])} |"
                     f" p50 {times(r50)}, p99 {times(r99)} |"
                     f" p50 ≤ {TARGETS['latency_p50']}{X}, p99 ≤ {TARGETS['latency_p99']}{X} the floor's | {met(ok)} |")
-    noisy = run.get("noisy")
+    noisy = measured(run, "noisy")
     if noisy:
         q, n = noisy["quiet"]["agent_add"], noisy["noisy"]["agent_add"]
         ratio = noisy["agent_add_p99_noisy_vs_quiet"]
@@ -89,7 +95,7 @@ def results_table(run: dict[str, Any]) -> list[str]:
             f" the same, quiet: p50 {ms(q['p50_ms'])}, p99 {ms(q['p99_ms'])} | p99 {times(ratio)}"
             f" (the floor under the noise: p99 {times(noisy['floor_add_p99_noisy_vs_quiet'])}) |"
             f" p99 ≤ {TARGETS['noisy_p99']}{X} quiet | {met(ratio <= TARGETS['noisy_p99'])} |")
-    tor = run.get("tor")
+    tor = measured(run, "tor")
     if tor:
         a, fl = tor["agent_event_to_fib"], tor["floor_api_to_fib"]
         delta = tor["p50_over_floor_ms"]
@@ -97,7 +103,7 @@ def results_table(run: dict[str, Any]) -> list[str]:
             f"| event → ToR kernel FIB (n={a['n']}) | p50 {ms(a['p50_ms'])}, p99 {ms(a['p99_ms'])} |"
             f" API path → ToR FIB p50 {ms(fl['p50_ms'])}, p99 {ms(fl['p99_ms'])} | p50 +{ms(delta)} |"
             f" ≤ floor + {TARGETS['tor_delta_ms']:.0f} ms | {met(delta <= TARGETS['tor_delta_ms'])} |")
-    scale = run.get("scale")
+    scale = measured(run, "scale")
     if scale:
         size = count(scale["endpoints"])
         rows.append(
@@ -114,7 +120,7 @@ def results_table(run: dict[str, Any]) -> list[str]:
             f"| agent peak RSS (VmHWM) at {size} endpoints | {scale['peak_rss_mb']:.1f} MB"
             f" (after sync {scale['rss_mb']:.1f} MB) | | | ≤ {TARGETS['peak_rss_mb']:.0f} MB |"
             f" {met(scale['peak_rss_mb'] <= TARGETS['peak_rss_mb'])} |")
-    churn = run.get("churn")
+    churn = measured(run, "churn")
     if churn:
         nan = float("nan")
         lag = churn["add_lag"] or {"p50_ms": nan, "p99_ms": nan, "max_ms": nan}
@@ -134,7 +140,7 @@ def results_table(run: dict[str, Any]) -> list[str]:
             f" exact; every add advertised, lag p99 ≤ {TARGETS['churn_lag_p99_s']:.0f} s;"
             f" ≤ {TARGETS['churn_cpu_percent']:.0f} % of a core |"
             f" exact {met(exact)}; lag {met(lag_ok)}; CPU {met(cpu <= TARGETS['churn_cpu_percent'])} |")
-    idle = run.get("idle")
+    idle = measured(run, "idle")
     if idle:
         rows.append(
             f"| idle: {count(idle['endpoints'])} stable endpoints, {idle['seconds']:.0f} s"
@@ -145,7 +151,7 @@ def results_table(run: dict[str, Any]) -> list[str]:
 
 
 def spread_table(run: dict[str, Any]) -> list[str]:
-    latency = run.get("latency")
+    latency = measured(run, "latency")
     if not latency:
         return []
     rows = ["| other endpoints | series | p50 per round (min / median / max) | p99 per round (min / median / max) |",
@@ -208,6 +214,8 @@ def benchmarks_md(run: dict[str, Any], base: dict[str, Any], run_path: Path, bas
         "",
         "## Results against targets",
         "",
+        *(line for name in run.get("failed", [])
+          for line in (f"**{name} failed in this run**: `{run[name]['error']}`", "")),
         *results_table(run),
         "",
         "Latency ratios are the agent's percentile over the floor's same percentile, both over every sample of"
@@ -217,7 +225,7 @@ def benchmarks_md(run: dict[str, Any], base: dict[str, Any], run_path: Path, bas
     ]
     if png.exists():
         lines += ["", f"![latency distributions and churn lag]({os.path.relpath(png, docs_dir)})"]
-    if run.get("latency"):
+    if measured(run, "latency"):
         lat = run["latency"]
         lines += [
             "",
@@ -233,7 +241,7 @@ def benchmarks_md(run: dict[str, Any], base: dict[str, Any], run_path: Path, bas
         created = [f"{int(s):,}: built in {f['others_created_s']:.0f} s, agent from exec to all in gobgpd"
                    f" {f['agent_exec_to_all_s']:.1f} s" for s, f in lat["by_others"].items()]
         lines += ["", "Other endpoints (100 per namespace, added between counts): " + "; ".join(created) + "."]
-    if run.get("churn"):
+    if measured(run, "churn"):
         c = run["churn"]
         w = c["withdraw_lag"]
         life = c["churn_address_lifetime_s"]
@@ -249,9 +257,9 @@ def benchmarks_md(run: dict[str, Any], base: dict[str, Any], run_path: Path, bas
             + (f" p50 {w['p50_ms'] / 1e3:.2f} s, p99 {w['p99_ms'] / 1e3:.2f} s (n={w['n']})" if w else " none")
             + f"; withdraws never seen: {c['withdraws_missing']}.",
         ]
-    if run.get("idle"):
+    if measured(run, "idle"):
         lines += ["", "## Idle", "", f"{run['idle']['note']}."]
-    if run.get("tor"):
+    if measured(run, "tor"):
         lines += ["", "## ToR", "", f"Timers bounding the ToR figure: {run['tor']['timers']}."]
     lines += [
         "",
