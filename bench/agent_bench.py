@@ -51,7 +51,8 @@ from provenance import code_state  # noqa: E402
 
 from agent.config import AgentConfig, parse_config  # noqa: E402
 from agent.daemon import running  # noqa: E402
-from agent.gobgp import GobgpClient, path_to_route  # noqa: E402
+from agent.gobgp import GobgpClient  # noqa: E402
+from agent.gobgpapi import attribute_pb2 as attr_pb  # noqa: E402
 from agent.gobgpapi import gobgp_pb2 as api  # noqa: E402
 from agent.lab.containers import IpBatch, add_ipvlan, ifindex, netlink_in, populate  # noqa: E402
 from agent.lab.gobgpd import Gobgpd, global_config  # noqa: E402
@@ -94,6 +95,7 @@ class RibWatch:
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        nlri = attr_pb.IPAddressPrefix()
         async with GobgpClient(self.target, OWNER) as c:
             flt = api.WatchEventRequest.Table.Filter(type=api.WatchEventRequest.Table.Filter.BEST, init=True)
             async for reply in c._stub.WatchEvent(api.WatchEventRequest(table=api.WatchEventRequest.Table(
@@ -101,9 +103,10 @@ class RibWatch:
                 now = time.monotonic()
                 self.attached.set()
                 for path in reply.table.paths:
-                    route = path_to_route(path)
-                    if route is not None:
-                        self.seen.append((now, str(route.prefix), path.is_withdraw))
+                    # Only the prefix: under churn a full path_to_route per update made this watch fall
+                    # seconds behind gobgpd, and every lag it timed included that backlog.
+                    if path.nlri.Unpack(nlri):
+                        self.seen.append((now, f"{nlri.prefix}/{nlri.prefix_len}", path.is_withdraw))
                 self.changed.set()
 
     async def start(self) -> RibWatch:
@@ -487,6 +490,37 @@ async def exact_state(client: GobgpClient, wanted: set[str], timeout: float = 30
         await asyncio.sleep(0.1)
 
 
+async def probe_watch(target: str, watch: RibWatch, stop: asyncio.Event) -> list[float]:
+    """Once a second until ``stop``: AddPath of a floor path -> seen by ``watch``; then deleted again."""
+    lags: list[float] = []
+    async with GobgpClient(target, FLOOR_OWNER) as client:
+        await client.connect()
+        attrs = Attributes(large_communities=(FLOOR_OWNER,))
+        for i in itertools.count():
+            if stop.is_set():
+                return lags
+            route = Route(ipaddress.ip_network(f"{ipaddress.ip_address('10.251.0.0') + i}/32"), None, attrs)
+            mark = len(watch.seen)
+            t0 = time.monotonic()
+            await client.add_paths([route])
+            lags.append(await watch.wait(str(route.prefix), False, mark, 300) - t0)
+            await client.delete_paths([route])
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    return lags
+
+
+async def watch_caught_up(watch: RibWatch, wanted: set[str], timeout: float = 120) -> float | None:
+    """Seconds until the watch has seen an add of every ``wanted`` prefix (None: not within ``timeout``):
+    its stream may lag gobgpd's table, and an add it has not read yet is not missing."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if wanted <= set(watch.first_times(False)):
+            return time.monotonic() - t0
+        await asyncio.sleep(0.5)
+    return None
+
+
 async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 2000) -> dict[str, Any]:
     async with testbed("churn") as (gobgpd, _host, uplink, netns_dir), \
             GobgpClient(gobgpd.target, OWNER) as client:
@@ -498,22 +532,31 @@ async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 200
         # The watch's marker path goes in first: added later, it would move gobgpd's counts under the agent's
         # path-count check and cost a full re-read in the middle of the churn.
         watch = await RibWatch(gobgpd.target).start()
-        with agent_process(gobgpd.target, uplink, netns_dir, "churn") as agent:
+        with agent_process(gobgpd.target, uplink, netns_dir, "churn", rib_check=3600) as agent:
             await agent_in_sync(agent, netns_dir, "churn")
             await wait_for_count(client, endpoints + pool + 1, agent)
             agent_cpu, window = _cpu_seconds(agent.pid), time.monotonic()
+            stop_probe = asyncio.Event()
+            probe = asyncio.create_task(probe_watch(gobgpd.target, watch, stop_probe))
             achieved = await churn.run(rate, seconds, watch)
+            stop_probe.set()
+            probes = await probe
             wanted = {f"{a}/32" for a in churn.present} | {f"10.2.{i}.1/32" for i in range(endpoints)}
             held, settle = await exact_state(client, wanted)
             agent_cpu, window = _cpu_seconds(agent.pid) - agent_cpu, time.monotonic() - window
+            caught_up = await watch_caught_up(watch, wanted)
             await watch.stop()
     return {"rate_per_s": rate, "seconds": seconds, "changes": churn.changes, "achieved_rate": achieved,
             "endpoints": endpoints, "pool": pool, "missing": len(wanted - held), "stale": len(held - wanted),
             "settle_after_end_s": settle, "agent_cpu_percent_of_a_core": 100 * agent_cpu / window,
+            "watch_caught_up_after_exact_s": caught_up,
+            "observation_lag": summary(probes) if probes else None,
             **churn.account(watch),
             "note": "even changes add a fresh /32 (never reused), odd ones delete the oldest present (a pool of "
                     f"{pool} written before the agent started, then the churn's own adds); an add deleted again "
-                    "before the agent advertised it counts as never advertised"}
+                    "before the agent advertised it counts as never advertised; observation_lag: once a second "
+                    "during the churn, a path added through the API (another owner) -> seen by the same RIB "
+                    "watch, i.e. what the watch and gobgpd add to every lag above; agent rib_check 3600 s"}
 
 
 async def bench_noisy(rate: int, seconds: float, events: int, endpoints: int = 100,
