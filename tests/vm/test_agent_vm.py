@@ -197,7 +197,7 @@ async def test_endpoints_and_plan_commands(gobgpd: Gobgpd, client: GobgpClient, 
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
-    found = {e["ifname"] + "@" + e["netns"]: e for e in json.loads(cli("endpoints", "--json"))}
+    found = {e["ifname"] + "@" + e["netns"]: e for e in json.loads(cli("endpoints", "--json"))["endpoints"]}
     assert set(found) == {f"eth0@{c1}", f"eth0@{netns_dir / 'c2'}"}
     e1, e2 = found[f"eth0@{c1}"], found[f"eth0@{netns_dir / 'c2'}"]
     assert (e1["mode"], e1["parent"], e1["ready"]) == ("L3", uplink, True)
