@@ -179,7 +179,12 @@ class PeerInfo:
     address: str
     asn: int
     state: str
-    uptime: float | None
+    uptime: float | None  # when the session last became established (epoch seconds)
+    # gobgpd sets downtime when it creates the neighbor and whenever a session ends; a neighbor taken
+    # administratively down from a session or a connection attempt has both timestamps cleared.
+    downtime: float | None = None
+    admin_down: bool = False  # administratively down now (the config's admin-down, or DisablePeer)
+    configured_admin_down: bool = False  # the config file says admin-down = true (EnablePeer does not change it)
 
 
 class BgpSpeaker(Protocol):
@@ -345,14 +350,22 @@ class GobgpClient:
         with _mapped("ListPeer"):
             async for reply in self._stub.ListPeer(api.ListPeerRequest(), timeout=self.rpc_timeout):
                 state = reply.peer.state
-                uptime = reply.peer.timers.state.uptime
+                timers = reply.peer.timers.state
                 peers.append(PeerInfo(
                     address=state.neighbor_address or reply.peer.conf.neighbor_address,
                     asn=state.peer_asn or reply.peer.conf.peer_asn,
                     state=api.PeerState.SessionState.Name(state.session_state).lower(),
-                    uptime=float(uptime.seconds) if uptime.seconds else None,
+                    uptime=float(timers.uptime.seconds) if timers.uptime.seconds else None,
+                    downtime=float(timers.downtime.seconds) if timers.downtime.seconds else None,
+                    admin_down=state.admin_state == api.PeerState.DOWN,
+                    configured_admin_down=reply.peer.conf.admin_down,
                 ))
         return peers
+
+    async def enable_peer(self, address: str) -> None:
+        """Administratively enable a neighbor (gobgp neighbor ADDRESS enable); a no-op if it is already up."""
+        with _mapped("EnablePeer"):
+            await self._stub.EnablePeer(api.EnablePeerRequest(address=address), timeout=self.rpc_timeout)
 
     async def watch(self, retry_backoff: float = 0.2, max_backoff: float = 2.0) -> AsyncIterator[GobgpEvent]:
         """Yield READY when the API answers, LOST when a watch stream breaks, and PEER state changes.
