@@ -17,15 +17,8 @@ while idle between two connection attempts, before it was ever up, cannot be tol
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
 
-from .gobgp import PeerInfo
-
-
-class PeerControl(Protocol):
-    async def list_peers(self) -> list[PeerInfo]: ...
-
-    async def enable_peer(self, address: str) -> None: ...
+from .gobgp import BgpSpeaker, PeerInfo
 
 
 def held_back(peers: Iterable[PeerInfo]) -> list[str]:
@@ -34,7 +27,7 @@ def held_back(peers: Iterable[PeerInfo]) -> list[str]:
             if p.configured_admin_down and p.admin_down and p.uptime is None and p.downtime is not None]
 
 
-async def release_held_peers(client: PeerControl) -> list[str]:
+async def release_held_peers(client: BgpSpeaker) -> list[str]:
     """Enable every held-back neighbor; returns their addresses. Call it only while gobgpd holds the full table."""
     released = held_back(await client.list_peers())
     for address in released:

@@ -9,15 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ipvlan_bgp_lab.gobgpd import Gobgpd, free_port
 
+from agent.daemon import running
 from agent.gobgp import GobgpClient
-from agent.lab.gobgpd import Gobgpd, free_port
 from agent.model import Attributes, LargeCommunity, Route
 from agent.peers import held_back, release_held_peers
 from agent.reconciler import Reconciler
 
 from ..helpers import eventually
 from .conftest import OWNER
+from .test_daemon import agent_config
 from .test_export_policy import host_config_peering_with, tor_config
 
 pytestmark = pytest.mark.gobgpd
@@ -89,3 +91,21 @@ async def test_nothing_imported_and_path_counts_are_only_local(rack: tuple[Gobgp
         await eventually(lambda: "10.9.9.0/24" in set(json.loads(
             host.cli("neighbor", "127.0.0.1", "adj-in", "-a", "ipv4", "-j") or "{}")), what="ToR's new route sent")
         assert not await reconciler.table_moved()
+
+
+async def test_agent_enables_the_neighbor_after_its_push_and_again_after_gobgpd_restarts(
+        rack: tuple[Gobgpd, Gobgpd], tmp_path: Path) -> None:
+    tor, host = rack
+    # no periodic checks within the test: the release must come from the agent seeing gobgpd (re)appear
+    config = agent_config(host, tmp_path, next_hop={"ipv4": "192.0.2.11"},
+                          timers={"full_reconcile": 3600.0, "rib_check": 3600.0})
+    async with running(config), GobgpClient(host.target, OWNER) as client:
+
+        async def released_and_advertised(when: str) -> None:
+            await eventually(lambda: peer_state_is(client, "established"), timeout=30, what=f"session {when}")
+            await eventually(lambda: "10.1.100.0/24" in tor_rib(tor), what=f"our path at the ToR {when}")
+
+        await released_and_advertised("at the first start")
+        host.kill()
+        host.start()  # a new gobgpd: the neighbor is held back again, and the agent re-pushes, then enables it
+        await released_and_advertised("after gobgpd restarted")
