@@ -89,7 +89,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{g['restarts_seen']} restart(s) seen",
         ]
         for peer in g["peers"] or []:
-            lines.append(f"  peer {peer['address']} AS{peer['asn']}: {peer['state']}")
+            admin = (" (held back until the agent has pushed its table)" if peer.get("held_back")
+                     else " (administratively down)" if peer.get("admin_down") else "")
+            lines.append(f"  peer {peer['address']} AS{peer['asn']}: {peer['state']}{admin}")
         lines += [
             f"endpoints:  {e['total']} ({e['ready']} ready, {e['held_down']} held down) "
             f"in {status['namespaces']} namespace(s)",

@@ -313,7 +313,8 @@ class GobgpClient:
         await self._stream(paths)
 
     async def path_count(self, version: int) -> int:
-        """How many paths the global table holds for the family (anyone's): one cheap GetTable."""
+        """How many paths the global table holds for the family: one cheap GetTable. Anyone's: locally added
+        ones, and whatever gobgpd's import policy accepts from peers (the shipped config accepts nothing)."""
         request = api.GetTableRequest(table_type=api.GLOBAL, family=_FAMILIES[version])
         with _mapped("GetTable"):
             reply = await self._stub.GetTable(request, timeout=self.rpc_timeout)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .gobgp import GobgpError, PeerInfo
+from .peers import held_back
 from .routes import Refusal
 from .state import AgentState
 
@@ -105,7 +106,9 @@ class StatusServer:
             peers = await asyncio.wait_for(self._list_peers(), 3)
         except (GobgpError, TimeoutError):
             return None
-        return [{"address": p.address, "asn": p.asn, "state": p.state, "uptime_s": p.uptime} for p in peers]
+        held = set(held_back(peers))
+        return [{"address": p.address, "asn": p.asn, "state": p.state, "uptime_s": p.uptime, "admin_down": p.admin_down,
+                 "held_back": p.address in held} for p in peers]
 
     async def close(self) -> None:
         if self._server is not None:

@@ -115,7 +115,7 @@ class Tor:
     async def established_since(self, wall_clock: float) -> bool:
         peer = (await self._json(f"show bgp neighbors {self.neighbor} json")).get(self.neighbor, {})
         return bool(peer.get("bgpState") == "Established"
-                    and peer.get("bgpTimerUpEstablishedEpoch", 0) >= int(wall_clock))
+                    and peer.get("bgpTimerUpEstablishedEpoch", 0) >= int(wall_clock) - 1)  # whole seconds
 
     async def fresh(self, prefixes: set[str]) -> bool:
         """Every prefix present, and no stale path left in the table (graceful restart over)."""
