@@ -93,7 +93,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paths", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=SCENARIOS)
-    parser.add_argument("--baseline", action="store_true", help="also run without holding the ToR back")
+    parser.add_argument("--baseline", nargs="*", choices=SCENARIOS, default=None,
+                        help="also run these scenarios (all if none given) without holding the ToR back")
     parser.add_argument("--unit", type=Path, default=UNIT, help="the gobgpd unit or drop-in whose KillSignal= to use")
     parser.add_argument("--pause", type=float, default=10.0, help="s between the two starts (agent-down, boot)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
@@ -122,10 +123,11 @@ def main() -> int:
     def save() -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
 
-    for hold_back in (True, False) if args.baseline else (True,):
+    runs = [(True, args.only)] + ([(False, args.baseline or SCENARIOS)] if args.baseline is not None else [])
+    for hold_back, names in runs:
         label = "held_back" if hold_back else "baseline_no_hold_back"
         print(f"[{label}]", flush=True)
-        asyncio.run(run_config(hold_back, args.paths, args.only, args.unit, args.pause,
+        asyncio.run(run_config(hold_back, args.paths, names, args.unit, args.pause,
                                result.setdefault(label, {}), save))
     save()
     print(f"results: {path}")
