@@ -184,7 +184,8 @@ def scenarios(lab: EmbeddedLab, unit: Path, bulk: set[str], pause: float = 10.0)
     stop_signal = unit_kill_signal(unit)
     gobgpd, agent = f"{HOST}/gobgpd", f"{HOST}/agent"
 
-    removable = sorted(bulk, key=lambda p: ipaddress.ip_network(p))[:2]  # both on the first container, blk0
+    # Two secondary addresses of the first container, blk0: deleting its primary would take every address with it.
+    removable = sorted(bulk, key=lambda p: ipaddress.ip_network(p))[:PER_CONTAINER][-2:]
 
     async def run(step: Callable[..., object], *args: Any) -> None:
         await asyncio.to_thread(step, *args)
