@@ -148,7 +148,7 @@ async def measure(lab: EmbeddedLab, fib: FibWatch, action: Callable[[], Awaitabl
     ToR's session is back and the ToR holds them all fresh; ``gone`` are routes that must have left the ToR.
     Counts the ToR's FIB events for host1's routes from the start of the action to ``settle`` s after that."""
     tor = Tor(lab)
-    mark, wall = time.monotonic(), time.time()
+    mark, wall, overflows = time.monotonic(), time.time(), fib.overflows
     await action()
     action_s = time.monotonic() - mark
     repushed_s = await until(lambda: _at_least(lab, len(live)), mark, timeout, "host1's gobgpd holding every path")
@@ -162,6 +162,7 @@ async def measure(lab: EmbeddedLab, fib: FibWatch, action: Callable[[], Awaitabl
         "tor_fib_changes": sum(1 for e in events if e.prefix in live),
         "gone_still_in_tor_fib": sorted(p for p in gone if p in fib.routes),
         "live_missing_from_tor_fib": len([p for p in live if p not in fib.routes]),
+        "fib_watch_overflows": fib.overflows - overflows,  # > 0: events in between known only from a re-dump
         "action_s": round(action_s, 2),
         "gobgpd_full_s": round(repushed_s, 2),
         "session_back_s": round(established_s, 2),

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from agent.lab.embedded import NETNS_DIR, EmbeddedLab
 from agent.lab.fibwatch import FibWatch
 from agent.lab.restarts import HOST, Action, add_bulk, measure, restart_topology, scenarios, until
@@ -20,7 +19,7 @@ from agent.lab.status import containers
 from agent.lab.topology import load_topology
 
 pytestmark = pytest.mark.vm
-UNIT = Path(__file__).resolve().parents[2] / "config" / "gobgpd.service"
+UNIT = Path(__file__).resolve().parents[2] / "config" / "gobgpd.service.d" / "ipvlan-bgp.conf"
 BULK = 40
 
 
