@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=SCENARIOS)
     parser.add_argument("--baseline", nargs="*", choices=SCENARIOS, default=None,
                         help="also run these scenarios (all if none given) without holding the ToR back")
+    parser.add_argument("--baseline-only", action="store_true", help="skip the held-back run")
     parser.add_argument("--unit", type=Path, default=UNIT, help="the gobgpd unit or drop-in whose KillSignal= to use")
     parser.add_argument("--pause", type=float, default=10.0, help="s between the two starts (agent-down, boot)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
@@ -123,7 +124,8 @@ def main() -> int:
     def save() -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
 
-    runs = [(True, args.only)] + ([(False, args.baseline or SCENARIOS)] if args.baseline is not None else [])
+    runs = [] if args.baseline_only else [(True, args.only)]
+    runs += [(False, args.baseline or SCENARIOS)] if args.baseline is not None else []
     for hold_back, names in runs:
         label = "held_back" if hold_back else "baseline_no_hold_back"
         print(f"[{label}]", flush=True)
