@@ -266,7 +266,7 @@ class Daemon:
             elif Reason.RIB_CHECK in reasons:
                 await self._check_rib()
             if not self._pass_needed(reasons):
-                await self._release_peers()
+                await self._beating(self._release_peers())
                 continue
             result = await self._beating(self._pass(first_change_at))
             self._last_pass_ended = time.monotonic()
@@ -275,13 +275,13 @@ class Daemon:
                 retry.reset()
                 self._in_sync = True
                 self._set_health(True)
+                await self._beating(self._release_peers())  # before READY=1: a ready agent has released them
                 if not self._ready:
                     self._ready = True
                     log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
                     notify("READY=1")
                     if self._on_ready is not None:
                         self._on_ready()
-                await self._release_peers()
             else:
                 self._in_sync = False
                 self._set_health(False, f"reconcile failed: {result.error}")
