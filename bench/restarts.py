@@ -30,7 +30,15 @@ sys.path.insert(0, str(REPO))
 
 from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab  # noqa: E402
 from ipvlan_bgp_lab.fibwatch import FibWatch  # noqa: E402
-from ipvlan_bgp_lab.restarts import HOST, add_bulk, measure, restart_topology, scenarios, until  # noqa: E402
+from ipvlan_bgp_lab.restarts import (  # noqa: E402
+    HOST,
+    add_bulk,
+    measure,
+    networks_topology,
+    restart_topology,
+    scenarios,
+    until,
+)
 from ipvlan_bgp_lab.status import containers  # noqa: E402
 from ipvlan_bgp_lab.topology import load_topology  # noqa: E402
 
@@ -83,6 +91,38 @@ async def run_config(hold_back: bool, sizes: list[int], names: list[str], unit: 
         lab.down()
 
 
+async def run_networks(hold_back: bool, sizes: list[int], names: list[str], unit: Path, pause: float,
+                       record: dict[str, Any], save: Any) -> None:
+    """--networks: on this kernel, no ipvlan; a fresh lab per size, host1's agent advertising N /32 networks."""
+    for size in sorted(sizes):
+        workdir = Path(tempfile.mkdtemp(prefix="restarts-nets-"))
+        binary = workdir / "gobgpd"
+        shutil.copy2("/usr/bin/gobgpd", binary)
+        topology, live = networks_topology(workdir, size, hold_back)
+        lab = EmbeddedLab(load_topology(topology), gobgpd=str(binary))
+        lab.down()
+        started = time.monotonic()
+        lab.up(progress=lambda line: print(f"  {line}", flush=True))
+        fib = await FibWatch(NETNS_DIR / lab.state.node_ns("tor")).start()
+        try:
+            took = await until(_all_in(live, fib), started, 1800, "every route in the ToR's FIB")
+            print(f"  {len(live)} routes of {HOST} in the ToR's FIB {took:.1f} s after the lab started", flush=True)
+            runs = record.setdefault(str(size), {"initial_convergence_s": round(took, 2)})
+            plans = scenarios(lab, unit, set(), pause)
+            for name in (n for n in names if n in plans):  # no reboot scenarios: they delete container addresses
+                action, _ = plans[name]
+                try:
+                    runs[name] = await measure(lab, fib, action, live)
+                except TimeoutError as exc:
+                    runs[name] = {"error": str(exc)}
+                print(f"  [{size} paths] {name}: {json.dumps(runs[name])}", flush=True)
+                save()
+        finally:
+            await fib.stop()
+            lab.down()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _all_in(prefixes: set[str], fib: FibWatch) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return prefixes <= set(fib.routes)
@@ -100,8 +140,11 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=10.0, help="s between the two starts (agent-down, boot)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--here", action="store_true", help="run on this kernel (it must have ipvlan)")
+    parser.add_argument("--networks", action="store_true",
+                        help="no ipvlan, on this kernel: the paths are the agent's own /32 networks (aggregate_when = "
+                             "\"always\") instead of container addresses; ToR and host1 only")
     args = parser.parse_args()
-    if not args.here and not Path("/sys/module/ipvlan").exists():
+    if not args.here and not args.networks and not Path("/sys/module/ipvlan").exists():
         from ipvlan_bgp_lab.vm import run_in_guest
 
         outdir = Path(tempfile.mkdtemp(prefix="ibgp-restarts-"))
@@ -116,10 +159,12 @@ def main() -> int:
         return rc
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"restarts-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = out / f"restarts-{time.strftime('%Y%m%dT%H%M%S')}{'-networks' if args.networks else ''}.json"
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(),
                               "kernel": platform.release(), "cpus": os.cpu_count(), "unit": str(args.unit),
-                              "pause_s": args.pause}
+                              "pause_s": args.pause,
+                              "paths_from": "agent networks, aggregate_when = always (no ipvlan)" if args.networks
+                              else "addresses on ipvlan L3 containers, 1,000 per container"}
 
     def save() -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
@@ -129,8 +174,8 @@ def main() -> int:
     for hold_back, names in runs:
         label = "held_back" if hold_back else "baseline_no_hold_back"
         print(f"[{label}]", flush=True)
-        asyncio.run(run_config(hold_back, args.paths, names, args.unit, args.pause,
-                               result.setdefault(label, {}), save))
+        run = run_networks if args.networks else run_config
+        asyncio.run(run(hold_back, args.paths, names, args.unit, args.pause, result.setdefault(label, {}), save))
     save()
     print(f"results: {path}")
     return 0

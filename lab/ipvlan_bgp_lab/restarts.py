@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agent.gobgp import GobgpClient, GobgpError
 from agent.model import LargeCommunity
 
@@ -56,6 +58,29 @@ def restart_topology(workdir: Path, hold_back: bool = True) -> Path:
         text = text.replace("    admin-down = true\n", "")
     gobgpd.write_text(text)
     return topology
+
+
+def networks_topology(workdir: Path, count: int, hold_back: bool = True) -> tuple[Path, set[str]]:
+    """No ipvlan needed (this kernel): the rack's ToR and host1 only, host1's agent advertising ``count`` /32s of
+    BULK_NETWORK as networks with ``aggregate_when = "always"`` (the agent's own paths, without endpoints)."""
+    topology = restart_topology(workdir, hold_back)
+    data = yaml.safe_load(topology.read_text())
+    nodes = data["topology"]["nodes"]
+    for name in ("tor", HOST):
+        nodes[name]["exec"] = [line for line in nodes[name].get("exec", [])
+                               if not any(word in line for word in ("netns", "ipvlan", "ip -n", "eth2", "eth3"))]
+    data["name"] = f"{LAB_NAME}-nets"
+    data["topology"]["nodes"] = {"tor": nodes["tor"], HOST: nodes[HOST]}
+    data["topology"]["links"] = [{"endpoints": ["tor:eth1", f"{HOST}:eth1"]}]
+    topology.write_text(yaml.safe_dump(data))
+    agent = workdir / HOST / "agent.toml"
+    text = agent.read_text()
+    text = text[:text.rindex("\n[[networks]]\nname = \"bulk\"")]  # instead of the bulk network (they would overlap)
+    first = int(BULK_NETWORK.network_address) + 1
+    prefixes = [f"{ipaddress.ip_address(first + i)}/32" for i in range(count)]
+    agent.write_text(text + "".join(f'\n[[networks]]\nprefix = "{p}"\nadvertise = "aggregate"\n'
+                                    'aggregate_when = "always"\n' for p in prefixes))
+    return topology, set(prefixes)
 
 
 def add_bulk(lab: EmbeddedLab, count: int, start: int = 0) -> set[str]:
@@ -221,7 +246,9 @@ def scenarios(lab: EmbeddedLab, unit: Path, bulk: set[str], pause: float = 10.0)
             await run(lab.start_process, second)
         return action
 
-    return {"a_sigkill": (crash, ""), "b_unit_restart": (unit_restart, ""), "c_upgrade": (upgrade, ""),
-            "agent_down": (agent_down, ""),
-            "boot_gobgpd_first": (reboot(gobgpd, agent, removable[0]), removable[0]),
-            "boot_agent_first": (reboot(agent, gobgpd, removable[1]), removable[1])}
+    plans: dict[str, tuple[Action, str]] = {"a_sigkill": (crash, ""), "b_unit_restart": (unit_restart, ""),
+                                             "c_upgrade": (upgrade, ""), "agent_down": (agent_down, "")}
+    if len(removable) == 2:  # the reboot scenarios need bulk containers
+        plans["boot_gobgpd_first"] = (reboot(gobgpd, agent, removable[0]), removable[0])
+        plans["boot_agent_first"] = (reboot(agent, gobgpd, removable[1]), removable[1])
+    return plans
