@@ -151,7 +151,9 @@ def _status_text(status: dict[str, Any]) -> str:
     elif not g["peers"]:
         lines.append("peers:      none configured in gobgpd")
     else:
-        rows = [(peer["address"], f"AS{peer['asn']}", peer["state"],
+        rows = [(peer["address"], f"AS{peer['asn']}", peer["state"] + (
+                     " (held back for the agent)" if peer.get("held_back") else
+                     " (admin down)" if peer.get("admin_down") else ""),
                  _duration(peer["uptime_s"]) if peer["state"] == "established" else "-",
                  str(peer["prefixes_advertised"]), str(peer["prefixes_accepted"])) for peer in g["peers"]]
         table = _table(("PEER", "AS", "STATE", "UP", "SENT", "ACCEPTED"), rows)

@@ -35,6 +35,7 @@ from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
 from .metrics import Metrics, error_kind
 from .model import IPNetwork
+from .peers import release_held_peers
 from .reconciler import Reconciler
 from .routes import Plan, Refusal
 from .state import AgentState, PassResult
@@ -98,6 +99,7 @@ class Daemon:
         self._stopping = False
         self._in_sync = False
         self._ready = False  # READY=1 sent (after the first good pass)
+        self._release_due = False  # look for gobgpd neighbors held back for us once in sync (agent/peers.py)
         self._last_pass_ended = float("-inf")
         self._heartbeat = time.monotonic()
         self._timers_reloaded = asyncio.Event()
@@ -260,11 +262,15 @@ class Daemon:
             reasons, first_change_at = self.wakeups.take()
             if self._stopping:
                 break
+            # gobgpd (re)appeared, a peer changed, or the periodic check (a neighbor that a reload of gobgpd's
+            # config added sends no peer event)
+            self._release_due |= bool(reasons & {Reason.GOBGP, Reason.PEERS, Reason.RIB_CHECK})
             if Reason.FULL_READ in reasons:
                 self.reconciler.invalidate()
             elif Reason.RIB_CHECK in reasons:
                 await self._check_rib()
             if not self._pass_needed(reasons):
+                await self._beating(self._release_peers())
                 continue
             drift_check = self._in_sync and not reasons & WANTING_A_PASS  # so a change it makes repairs drift
             result = await self._beating(self._pass(first_change_at))
@@ -274,6 +280,7 @@ class Daemon:
                 retry.reset()
                 self._in_sync = True
                 self._set_health(True)
+                await self._beating(self._release_peers())  # before READY=1: a ready agent has released them
                 if not self._ready:
                     self._ready = True
                     log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
@@ -299,6 +306,28 @@ class Daemon:
         if moved and self.reconciler.actual is not None:
             log.debug("gobgpd's path counts moved without us: re-reading its table")
             self.reconciler.invalidate()
+
+    async def _release_peers(self) -> None:
+        """Once gobgpd holds our whole table, enable the neighbors it holds back for us (agent/peers.py).
+        "Whole" is checked, not assumed: gobgpd's path counts must be what our last full read plus our own
+        changes imply (the shipped import policy lets only local paths in), so after a pass that began before
+        gobgpd restarted, or a table that moved, the agent re-reads and pushes first."""
+        if not self._release_due or not self._in_sync:
+            return
+        try:
+            if await self.reconciler.table_moved():
+                log.info("gobgpd's table is not the one we pushed: re-reading it before enabling BGP neighbors")
+                self.reconciler.invalidate()
+                self.wakeups.post(Reason.PEERS)
+                return
+            self._release_due = False
+            for address in await release_held_peers(self.speaker):
+                log.info("enabled BGP neighbor %s: gobgpd holds our %d path(s)", address,
+                         len(self.reconciler.actual or {}))
+        except GobgpError as exc:
+            self._release_due = True
+            log.warning("enabling held-back BGP neighbors: %s", exc)
+            self.wakeups.post_in(RETRY_MAX, Reason.PEERS)
 
     async def _pass(self, first_change_at: float | None) -> PassResult:
         endpoints = self.discovery.snapshot()
@@ -377,6 +406,7 @@ class Daemon:
             else:
                 peer, _, state = event.detail.partition(" ")
                 log.info("BGP peer %s", event.detail, extra={"peer": peer, "state": state})
+                self.wakeups.post(Reason.PEERS)
                 await self._refresh_peers()
 
     async def _refresh_peers(self) -> None:

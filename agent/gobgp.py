@@ -186,6 +186,11 @@ class PeerInfo:
     accepted: int = 0  # received and accepted by the import policy
     advertised: int = 0
     received: int = 0
+    # gobgpd sets downtime when it creates the neighbor and whenever a session ends; a neighbor taken
+    # administratively down from a session or a connection attempt has both timestamps cleared.
+    downtime: float | None = None  # when the session last ended (epoch seconds)
+    admin_down: bool = False  # administratively down now (the config's admin-down, or DisablePeer)
+    configured_admin_down: bool = False  # the config file says admin-down = true (EnablePeer does not change it)
 
     @property
     def established(self) -> bool:
@@ -204,6 +209,7 @@ class BgpSpeaker(Protocol):
     async def list_owned_paths(self, version: int) -> list[Route]: ...
     async def path_count(self, version: int) -> int: ...
     async def list_peers(self) -> list[PeerInfo]: ...
+    async def enable_peer(self, address: str) -> None: ...
     def watch(self) -> AsyncIterator[GobgpEvent]: ...
     async def close(self) -> None: ...
 
@@ -317,7 +323,8 @@ class GobgpClient:
         await self._stream(paths)
 
     async def path_count(self, version: int) -> int:
-        """How many paths the global table holds for the family (anyone's): one cheap GetTable."""
+        """How many paths the global table holds for the family: one cheap GetTable. Anyone's: locally added
+        ones, and whatever gobgpd's import policy accepts from peers (the shipped config accepts nothing)."""
         request = api.GetTableRequest(table_type=api.GLOBAL, family=_FAMILIES[version])
         with _mapped("GetTable"):
             reply = await self._stub.GetTable(request, timeout=self.rpc_timeout)
@@ -356,19 +363,27 @@ class GobgpClient:
         with _mapped("ListPeer"):
             async for reply in self._stub.ListPeer(request, timeout=self.rpc_timeout):
                 state = reply.peer.state
-                uptime = reply.peer.timers.state.uptime
+                timers = reply.peer.timers.state
                 families = [family.state for family in reply.peer.afi_safis]
                 peers.append(PeerInfo(
                     address=state.neighbor_address or reply.peer.conf.neighbor_address,
                     asn=state.peer_asn or reply.peer.conf.peer_asn,
                     state=api.PeerState.SessionState.Name(state.session_state).lower(),
                     # timers.state.uptime is when the session came up (a timestamp), not a duration
-                    uptime=max(time.time() - uptime.seconds, 0.0) if uptime.seconds else None,
+                    uptime=max(time.time() - timers.uptime.seconds, 0.0) if timers.uptime.seconds else None,
                     accepted=sum(f.accepted for f in families),
                     advertised=sum(f.advertised for f in families),
                     received=sum(f.received for f in families),
+                    downtime=float(timers.downtime.seconds) if timers.downtime.seconds else None,
+                    admin_down=state.admin_state == api.PeerState.DOWN,
+                    configured_admin_down=reply.peer.conf.admin_down,
                 ))
         return peers
+
+    async def enable_peer(self, address: str) -> None:
+        """Administratively enable a neighbor (gobgp neighbor ADDRESS enable); a no-op if it is already up."""
+        with _mapped("EnablePeer"):
+            await self._stub.EnablePeer(api.EnablePeerRequest(address=address), timeout=self.rpc_timeout)
 
     async def watch(self, retry_backoff: float = 0.2, max_backoff: float = 2.0) -> AsyncIterator[GobgpEvent]:
         """Yield READY when the API answers, LOST when a watch stream breaks, and PEER state changes.

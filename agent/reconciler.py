@@ -73,9 +73,11 @@ class Reconciler:
         """Cheap drift check, two GetTable calls: do gobgpd's path counts differ from what our last full read
         plus our own changes since imply? True also when that is unknown.
 
-        Anyone's paths count, so a change by another API user or a peer also reads as a move (the cost is a
-        full re-read); a deletion of ours hidden by someone else's addition in the same interval is left to
-        the periodic full re-read."""
+        GetTable counts every path in gobgpd's global table. With the shipped gobgpd.toml nothing from a peer
+        gets in (its import policy accepts local paths only), so the counts are the locally added paths: exact
+        for ours as long as the agent is gobgpd's only API writer. Another writer's change reads as a move (the
+        cost is a full re-read); a deletion of ours hidden by another writer's addition in the same interval is
+        left to the periodic full re-read. Where a site imports routes, each change of them costs a re-read."""
         if self._expected_counts is None or self.actual is None:
             return True
         return await self._path_counts() != self._expected_counts

@@ -11,19 +11,21 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from .gobgp import GobgpError, PeerInfo
+from .peers import held_back
 from .routes import Refusal
 from .state import AgentState
 
 
-def peer_json(peer: PeerInfo) -> dict[str, Any]:
+def peer_json(peer: PeerInfo, held: Collection[str] = ()) -> dict[str, Any]:
     return {"address": peer.address, "asn": peer.asn, "state": peer.state, "uptime_s": peer.uptime,
             "prefixes_received": peer.received, "prefixes_accepted": peer.accepted,
-            "prefixes_advertised": peer.advertised}
+            "prefixes_advertised": peer.advertised, "admin_down": peer.admin_down,
+            "held_back": peer.address in held}
 
 
 def overall(state: AgentState, peers: list[PeerInfo] | None) -> tuple[str, str | None]:
@@ -48,7 +50,7 @@ def status_of(state: AgentState, peers: list[PeerInfo] | None) -> dict[str, Any]
         "unhealthy_reason": None if state.healthy else state.unhealthy_reason,
         "gobgpd": {"target": state.gobgp_target, "reachable": state.gobgp_reachable,
                    "restarts_seen": state.gobgp_restarts,
-                   "peers": None if peers is None else [peer_json(p) for p in peers]},
+                   "peers": None if peers is None else [peer_json(p, held_back(peers)) for p in peers]},
         "missing_uplinks": list(state.missing_uplinks),
         "endpoints": {"total": len(endpoints), "ready": sum(e.ready for e in endpoints),
                       "held_down": state.held_down},

@@ -8,6 +8,7 @@ client where it matters: every write must carry the ownership community, a batch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -31,7 +32,8 @@ class FakeGobgp:
 
     * ``reject``: the next write raises GobgpRejected and changes nothing;
     * ``drop_at_batch = k``: the next write applies batches 0..k-1, then the stream breaks (GobgpUnavailable);
-    * ``restart()``: the RIB empties; the watch stream sees LOST then READY;
+    * ``restart()``: the RIB empties; the watch stream sees LOST then READY; with ``hold_back()``, the neighbor
+      is held back again (administratively down, as the shipped gobgpd.toml starts it);
     * ``hang()``: every call waits until ``release()`` (the API does not answer; stays until released);
     * ``down``: every call raises GobgpUnavailable (stays until cleared).
     """
@@ -48,14 +50,22 @@ class FakeGobgp:
         self.drop_at_batch: int | None = None
         self.down = False
         self.closed = False
-        self.peer_state = "established"  # of the one ToR peer, FAKE_PEER
-        self.peer_lists = 0  # list_peers calls
         self._released = asyncio.Event()
         self._released.set()
         self._events: asyncio.Queue[GobgpEvent] = asyncio.Queue()
         self._events.put_nowait(GobgpEvent(GobgpEventKind.READY))
+        self.peers = [PeerInfo(FAKE_PEER, 65000, "established", 1.0)]  # the one ToR peer
+        self.holds_back = False
+        self.enabled_with: list[int] = []  # the RIB's size at each EnablePeer
+        self.peer_lists = 0  # list_peers calls
 
     # -- failure knobs
+    def hold_back(self) -> None:
+        """The neighbor as a (re)started gobgpd with ``admin-down = true`` has it: down, never up."""
+        self.holds_back = True
+        self.peers = [PeerInfo(FAKE_PEER, 65000, "idle", None, downtime=1.0, admin_down=True,
+                               configured_admin_down=True)]
+
     def hang(self) -> None:
         self._released.clear()
 
@@ -64,6 +74,8 @@ class FakeGobgp:
 
     def restart(self) -> None:
         self.rib.clear()
+        if self.holds_back:
+            self.hold_back()
         self._events.put_nowait(GobgpEvent(GobgpEventKind.LOST, "fake restart"))
         self._events.put_nowait(GobgpEvent(GobgpEventKind.READY))
 
@@ -125,14 +137,19 @@ class FakeGobgp:
     async def list_peers(self) -> list[PeerInfo]:
         await self._answer()
         self.peer_lists += 1
-        up = self.peer_state == "established"
-        return [PeerInfo(FAKE_PEER, 65000, self.peer_state, 1.0, accepted=1 if up else 0,
-                         advertised=len(self.rib) if up else 0, received=1 if up else 0)]
+        return [dataclasses.replace(p, accepted=1, advertised=len(self.rib), received=1) if p.established else p
+                for p in self.peers]
 
     def set_peer_state(self, state: str) -> None:
         """The ToR session moves to ``state`` (gobgpd's name, lower case); the watch stream sees a PEER event."""
-        self.peer_state = state
+        self.peers = [dataclasses.replace(p, state=state) for p in self.peers]
         self._events.put_nowait(GobgpEvent(GobgpEventKind.PEER, f"{FAKE_PEER} {state}"))
+
+    async def enable_peer(self, address: str) -> None:
+        await self._answer()
+        self.enabled_with.append(len(self.rib))
+        self.peers = [dataclasses.replace(p, admin_down=False, state="established", uptime=2.0)
+                      if p.address == address else p for p in self.peers]
 
     async def watch(self) -> AsyncIterator[GobgpEvent]:
         while True:

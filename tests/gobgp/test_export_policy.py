@@ -13,6 +13,7 @@ from ipvlan_bgp_lab.gobgpd import Gobgpd, free_port, global_config
 
 from agent.gobgp import GobgpClient
 from agent.model import Attributes, Route
+from agent.peers import release_held_peers
 
 from .conftest import OWNER
 
@@ -24,8 +25,8 @@ def host_config_peering_with(port: int) -> str:
     """The shipped host config, with its ToR neighbour pointed at a local gobgpd."""
     text = SHIPPED.read_text()
     text = text.replace('neighbor-address = "192.0.2.1"', 'neighbor-address = "127.0.0.1"')
-    text = text.replace("    peer-as = 65000\n", f"    peer-as = 65000\n  [neighbors.transport.config]\n"
-                        f"    remote-port = {port}\n    local-address = \"127.0.0.1\"\n")
+    text = text.replace("  [neighbors.timers.config]\n", f"  [neighbors.transport.config]\n    remote-port = {port}\n"
+                        f"    local-address = \"127.0.0.1\"\n  [neighbors.timers.config]\n")
     text = text.replace("connect-retry = 5", "connect-retry = 1")
     return text
 
@@ -57,6 +58,7 @@ async def test_export_policy_drops_paths_outside_the_networks(tmp_path: Path) ->
 
         async with GobgpClient(host.target, OWNER) as client:
             await client.add_paths(routes("10.1.100.5/32", "10.1.100.0/24", "8.8.8.8/32", "10.1.0.0/16"))
+            await release_held_peers(client)  # the shipped config holds the ToR back for the agent
             await tor_rib_once_it_has({"10.1.100.5/32", "10.1.100.0/24"})
             # Updates on one session arrive in order: once an allowed path sent after the denied ones is at
             # the ToR, the denied ones would be there too, had the policy let them out.

@@ -107,7 +107,8 @@ async def test_status_against_a_running_agent(tmp_path: Path, capsys: pytest.Cap
         assert status["state"] == "degraded" and status["reason"] == "no Established BGP peer"
         assert status["missing_uplinks"] == ["bond9"]
         assert set(status["gobgpd"]["peers"][0]) == {"address", "asn", "state", "uptime_s", "prefixes_received",
-                                                     "prefixes_accepted", "prefixes_advertised"}
+                                                     "prefixes_accepted", "prefixes_advertised", "admin_down",
+                                                     "held_back"}
         assert await asyncio.to_thread(cli.main, ["routes", "--json", "--socket", socket]) == 0
         assert {r["prefix"] for r in json.loads(capsys.readouterr().out)} == {"10.1.0.2/32", "10.1.0.0/16"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import socket
 from pathlib import Path
@@ -254,3 +255,27 @@ async def test_start_adopts_own_paths_withdraws_stale_leaves_foreign(tmp_path: P
         assert "10.9.0.0/24" in {str(p) for p in fake.rib}
         assert daemon.reconciler.stats.added == 0 and daemon.reconciler.stats.withdrawn == 1
         assert fake.paths_written == 1  # only the stale path: live ones are never withdrawn and re-added
+
+
+async def test_held_back_neighbor_enabled_only_once_gobgpd_holds_the_whole_table(tmp_path: Path) -> None:
+    fake = FakeGobgp(OWNER, batch=100)
+    fake.hold_back()
+    many = endpoint(*(f"10.1.{i // 250}.{i % 250 + 1}/16" for i in range(900)))  # 9 batches of 100
+    async with running(agent_config(tmp_path), speaker=fake, discovery=FakeDiscovery([many])):
+        await eventually(lambda: fake.enabled_with != [], what="neighbor enabled")
+        assert fake.enabled_with == [901]  # with the whole table in
+        fake.restart()  # a new gobgpd: empty, the neighbor held back again
+        await eventually(lambda: len(fake.enabled_with) == 2, what="neighbor enabled after the restart")
+        assert fake.enabled_with == [901, 901]
+
+
+async def test_a_neighbor_an_operator_disabled_stays_down(tmp_path: Path) -> None:
+    fake = FakeGobgp(OWNER)
+    # `gobgp neighbor X disable` on a session that was up: admin-down, and gobgpd cleared both timestamps
+    fake.peers = [dataclasses.replace(fake.peers[0], state="idle", uptime=None, admin_down=True,
+                                      configured_admin_down=True)]
+    config = agent_config(tmp_path, timers={"settle": 0.0, "rib_check": 0.1})
+    async with running(config, speaker=fake, discovery=FakeDiscovery([endpoint("10.1.0.2/16")])):
+        fake.restart()  # the agent re-pushes and looks for held-back neighbors again, periodically too
+        await eventually(lambda: fake.peer_lists >= 3, what="the agent looking at the neighbors")
+        assert fake.enabled_with == []
