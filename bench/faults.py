@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from agent_bench import RibWatch, summary  # noqa: E402
 
 from agent.gobgp import GobgpClient  # noqa: E402
 from agent.lab.containers import IpBatch, ifindex, netlink_in, populate  # noqa: E402
-from agent.lab.gobgpd import Gobgpd, global_config  # noqa: E402
+from agent.lab.gobgpd import Gobgpd, free_port, global_config  # noqa: E402
 from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 from agent.model import LargeCommunity  # noqa: E402
 from agent.status import query  # noqa: E402
@@ -57,7 +58,8 @@ OWNER = LargeCommunity(65001, 4242, 1)  # the lab hosts' ownership community, an
 DOCS = REPO / "docs"
 RESULTS = DOCS / "reliability"
 UNIT = REPO / "config" / "ipvlan-bgp-agent.service"
-VM_CASES = ("gobgpd-kill", "agent-kill", "gobgpd-freeze", "burst", "netns-cycle", "hostile")
+# netns-cycle before the lab cases: both use /run/netns, and the lab stays up from the first lab case to the end.
+VM_CASES = ("burst", "netns-cycle", "gobgpd-freeze", "hostile", "gobgpd-kill", "agent-kill")
 HOST_CASES = ("parser-fuzz", "config-fuzz")
 CASES = (*VM_CASES, *HOST_CASES)
 
@@ -74,6 +76,24 @@ CONDITIONS = {
     "parser-fuzz": "only the parser's one defined error type, on every input",
     "config-fuzz": "`validate` exits 0 or 2 on every file, never a traceback",
 }
+
+# The figures the summary table shows, per case (the detail sections show all of them).
+HEADLINES = {
+    "gobgpd-kill": ("kills", "changes", "gobgpd_missing", "gobgpd_stale", "tor_missing", "tor_stale",
+                    "kill_to_full_rib_worst_s", "kill_to_full_rib_median_s"),
+    "agent-kill": ("kills", "changes", "tor_fib_withdrawals_of_stable_prefixes", "gobgpd_missing", "gobgpd_stale",
+                   "tor_missing", "tor_stale", "kill_to_in_sync_worst_s", "kill_to_in_sync_median_s"),
+    "gobgpd-freeze": ("agent_alive_after", "worst_watchdog_gap_s", "first_unhealthy_after_freeze_s",
+                      "status_unhealthy", "status_polls", "resume_to_exact_s", "missing", "stale"),
+    "burst": ("missing", "stale", "converged_after_s", "netlink_resyncs"),
+    "netns-cycle": ("start", "end", "rss_growth_after_first_cycle_mib"),
+    "hostile": ("leaked", "attacker_prefixes_in_gobgpd", "victims_missing", "victim_withdrawals_during_attack",
+                "victim_p99_ms_without_attack", "victim_p99_ms_under_attack", "agent_alive"),
+    "parser-fuzz": ("inputs", "defined_parse_errors", "other_exceptions"),
+    "config-fuzz": ("files", "exit_0", "exit_2", "tracebacks", "other_exits"),
+}
+DOC_ORDER = ("gobgpd-kill", "agent-kill", "gobgpd-freeze", "burst", "netns-cycle", "hostile", "parser-fuzz",
+             "config-fuzz")
 
 SMALL = {"kills": 2, "churn_rate": 20, "freeze_seconds": 4.0, "watchdog_sec": 2.0, "burst": 300,
          "namespaces": 10, "netns_batch": 5, "hostile_addresses": 300, "latency_samples": 5,
@@ -145,6 +165,7 @@ class AgentProcess:
     config: dict[str, Any]
     rcvbuf: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -158,8 +179,9 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "agent.toml"
+        listen = f"127.0.0.1:{self.metrics_port}" if self.metrics_port else ""
         path.write_text(to_toml({**self.config, "status": {"socket": str(self.status_socket)},
-                                 "metrics": {"listen": ""}}))
+                                 "metrics": {"listen": listen}}))
         if self.rcvbuf is None:
             argv = [sys.executable, "-m", "agent.cli", "run", str(path)]
         else:  # the buffer is no config field: patch the default the daemon's Discovery is built with
@@ -193,6 +215,21 @@ class AgentProcess:
             status = await self.status()
             return bool(status and status.get("healthy"))
         return await poll(healthy, timeout, 0.1)
+
+    async def metric(self, name: str) -> dict[str, float]:
+        """One metric family from the agent's Prometheus endpoint: {"label=value,...": value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+                text: str = reply.read().decode()
+                return text
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(await asyncio.to_thread(scrape)):
+            for sample in family.samples:
+                if sample.name in (name, f"{name}_total"):
+                    out[",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))] = sample.value
+        return out
 
     def resources(self) -> dict[str, float]:
         fields = {}
@@ -482,13 +519,18 @@ async def case_agent_kill(lab: Any, kills: int, rate: float, seed: int) -> dict[
                      "from the SIGKILL, including the interpreter's start in the VM."}
 
 
-async def case_gobgpd_freeze(seconds: float, watchdog_sec: float, endpoints: int = 50) -> dict[str, Any]:
+async def case_gobgpd_freeze(seconds: float, watchdog_sec: float, endpoints: int = 50,
+                             rpc_timeout: float | None = None) -> dict[str, Any]:
+    """``rpc_timeout``: None keeps the agent's default (the smoke test shortens it to fit a short freeze)."""
     async with testbed("freeze") as (gobgpd, _host, uplink, netns_dir), \
             GobgpClient(gobgpd.target, OWNER) as client:
         await client.connect()
         (ns,) = populate(uplink, netns_dir, [f"10.6.0.{i + 1}/16" for i in range(endpoints)], endpoints)
         listener = NotifyListener(netns_dir.parent / "notify.sock")
-        agent = AgentProcess(netns_dir.parent / "agent", base_config(gobgpd.target, uplink, netns_dir),
+        config = base_config(gobgpd.target, uplink, netns_dir)
+        if rpc_timeout is not None:
+            config["gobgp"]["rpc_timeout"] = rpc_timeout
+        agent = AgentProcess(netns_dir.parent / "agent", config,
                              env={"NOTIFY_SOCKET": str(listener.path),
                                   "WATCHDOG_USEC": str(int(watchdog_sec * 1e6))}).start()
         assert gobgpd.proc is not None
@@ -531,6 +573,7 @@ async def case_gobgpd_freeze(seconds: float, watchdog_sec: float, endpoints: int
         statuses = [m for _, m in listener.messages if m.startswith("STATUS=") or "\nSTATUS=" in m]
     ok = (alive and worst_gap < watchdog_sec and bool(unhealthy) and converge is not None)
     return {"passed": ok, "sizes": {"freeze_s": seconds, "watchdog_sec": watchdog_sec, "endpoints": endpoints,
+                                    "rpc_timeout": rpc_timeout or "default",
                                     "changes_per_s_meanwhile": 2.0},
             "figures": {"agent_alive_after": alive, "ready_s": ready, "watchdog_pings": len(pings),
                         "worst_watchdog_gap_s": worst_gap,
@@ -600,11 +643,39 @@ async def snapshot(agent: AgentProcess) -> dict[str, Any]:
     return {**agent.resources(), "tasks": tasks}
 
 
+IP_NETNS_DIR = Path("/run/netns")  # where `ip netns add` puts them (fixed in iproute2)
+
+
+async def make_namespaces(uplink: str, names: list[str], addresses: list[str]) -> None:
+    """Namespaces with one addressed ipvlan endpoint each, as cheaply as the emulated VM allows: two `ip -batch`
+    processes for all of them, then the addresses in-process (a process per namespace costs ~0.2 s there)."""
+    _ip_batch([f"netns add {n}" for n in names])
+    _ip_batch([f"link add link {uplink} name e0 netns {n} type ipvlan mode l3" for n in names])
+    for name, address in zip(names, addresses, strict=True):
+        ipr = await netlink_in(IP_NETNS_DIR / name)
+        try:
+            index = await ifindex(ipr, "e0")
+            iface = ipaddress.ip_interface(address)
+            await ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            await ipr.link("set", index=index, state="up")
+        finally:
+            ipr.close()
+
+
+def _ip_batch(lines: list[str]) -> None:
+    out = subprocess.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"ip -batch failed: {out.stderr.strip()[:2000]}")
+
+
 async def case_netns_cycle(total: int, batch: int) -> dict[str, Any]:
+    """Runs with the agent watching /run/netns (where `ip netns` works): before the lab cases, which use it."""
+    IP_NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    prefix = f"cyc{os.getpid() % 10000}-"
     async with testbed("cycle") as (gobgpd, _host, uplink, netns_dir), \
             GobgpClient(gobgpd.target, OWNER) as client:
         await client.connect()
-        agent = AgentProcess(netns_dir.parent / "agent", base_config(gobgpd.target, uplink, netns_dir)).start()
+        agent = AgentProcess(netns_dir.parent / "agent", base_config(gobgpd.target, uplink, IP_NETNS_DIR)).start()
         try:
             await agent.wait_healthy()
             start = await snapshot(agent)
@@ -613,15 +684,15 @@ async def case_netns_cycle(total: int, batch: int) -> dict[str, Any]:
             cycles = max(total // batch, 1)
             started = time.monotonic()
             for cycle in range(cycles):
-                addresses = [f"10.10.{cycle % 200}.{i + 1}/16" for i in range(batch)]
-                namespaces = populate(uplink, netns_dir, addresses, 1, netns_prefix=f"k{cycle}-")
+                names = [f"{prefix}{cycle}-{i}" for i in range(batch)]
+                addresses = [f"10.10.{i // 250}.{i % 250 + 1}/16" for i in range(batch)]
+                await make_namespaces(uplink, names, addresses)
                 wanted = {a.replace("/16", "/32") for a in addresses}
 
                 async def present(wanted: set[str] = wanted) -> bool:
                     return wanted <= await owned_prefixes(client)
                 await poll(present, 300, 0.2)
-                for ns in namespaces:
-                    delete_netns(ns)
+                _ip_batch([f"netns del {n}" for n in names])
 
                 async def gone(wanted: set[str] = wanted) -> bool:
                     return not wanted & await owned_prefixes(client)
@@ -637,14 +708,18 @@ async def case_netns_cycle(total: int, batch: int) -> dict[str, Any]:
             end = await snapshot(agent)
         finally:
             agent.stop()
+            leftovers = [n.name for n in IP_NETNS_DIR.iterdir() if n.name.startswith(prefix)]
+            if leftovers:
+                _ip_batch([f"netns del {n}" for n in leftovers])
     ok = (end["fds"] == start["fds"] and end["threads"] == start["threads"] and end["tasks"] == start["tasks"]
           and end["rss_mib"] <= start["rss_mib"] * 1.10)
     return {"passed": ok, "sizes": {"namespaces": cycles * batch, "per_cycle": batch, "cycles": cycles},
             "figures": {"start": start, "after_first_cycle": after_first, "end": end, "loop_s": looped,
                         "rss_growth_after_first_cycle_mib": end["rss_mib"] - after_first["rss_mib"]},
             "notes": "each namespace holds one ipvlan endpoint with an address; a cycle creates a batch, waits for "
-                     "their /32s in gobgpd, deletes them and waits for the withdrawals. tasks: the agent's "
-                     "asyncio tasks from its status socket (null when that version does not report them)."}
+                     "their /32s in gobgpd, deletes them (`ip netns del`) and waits for the withdrawals. tasks: "
+                     "the agent's asyncio tasks from its status socket (null when that version does not report "
+                     "them)."}
 
 
 # --- hostile container ---------------------------------------------------------------------------------------
@@ -729,17 +804,19 @@ async def _hostile(gobgpd: Gobgpd, client: GobgpClient, host: Any, uplink: str, 
     (attacker,) = populate(uplink2, netns_dir, ["10.13.0.1/16"], 1, netns_prefix="attacker")
     config = base_config(gobgpd.target, uplink, netns_dir, uplinks=[uplink, uplink2], max_prefixes=cap,
                          max_prefixes_per_namespace=quota)
-    agent = AgentProcess(netns_dir.parent / "agent", _drop_unknown(config)).start()
+    agent = AgentProcess(netns_dir.parent / "agent", _drop_unknown(config), metrics_port=free_port()).start()
+    watch = RibWatch(gobgpd.target)
     try:
         await agent.wait_healthy()
-        watch = await RibWatch(gobgpd.target).start()
+        await watch.start()
         baseline = await victim_latency(victim_ns[0], watch, latency_samples, "10.12.200.1")
         attack_from = len(watch.seen)
 
         # 1. forged netlink from a plain namespace with a veth to the host (so it has an id for ours)
         plain = create_netns(netns_dir / "plain")
         veth = f"vf{os.getpid() % 10000}"
-        run_in(None, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(plain))
+        run_in(None, "ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
+        run_in(None, "ip", "link", "set", f"{veth}p", "netns", str(plain))  # gives our namespace an id in there
         host_nsid = _nsid_of(plain)
         forged = forged_messages(await ifindex(host, uplink), host_nsid, "10.14.0.1")
         forge = run_in(plain, sys.executable, "-c", FORGE_SCRIPT, *(m.hex() for m in forged), check=False)
@@ -768,16 +845,20 @@ async def _hostile(gobgpd: Gobgpd, client: GobgpClient, host: Any, uplink: str, 
         held = await owned_prefixes(client)
         withdrawn_victims = sorted({p for _, p, w in watch.seen[attack_from:] if w and p in victim_prefixes
                                     and p != f"{stolen}/32"})
-        await watch.stop()
+        ever_added = {p for _, p, w in watch.seen[attack_from:] if not w}
         attacker_held = {p for p in held if p.startswith("10.16.") or p == "10.13.0.1/32"}
         status = await agent.status() or {}
+        dropped = await agent.metric("ipvlan_bgp_netlink_dropped")
         cpu = _cpu_seconds(agent.pid)
         alive = agent.alive()
     finally:
+        await watch.stop()
         agent.stop()
     forbidden = {"10.14.0.1/32": "forged netlink", f"{host_address}/32": "the host's own address",
                  f"{stolen}/32": "claimed by two containers"}
-    leaked = {p: why for p, why in forbidden.items() if p in held}
+    # in gobgpd at the end, or at any moment of the attack (the stolen one was the victim's before it)
+    leaked = {p: why for p, why in forbidden.items()
+              if p in held or (p in ever_added and p != f"{stolen}/32")}
     victims_missing = sorted(victim_prefixes - {f"{stolen}/32"} - held)
     over_quota = max(len(attacker_held) - quota, 0)
     ok = alive and not leaked and not victims_missing and not withdrawn_victims and over_quota == 0
@@ -787,11 +868,14 @@ async def _hostile(gobgpd: Gobgpd, client: GobgpClient, host: Any, uplink: str, 
             "figures": {"leaked": leaked, "attacker_prefixes_in_gobgpd": len(attacker_held),
                         "attacker_over_quota": over_quota, "victims_missing": victims_missing,
                         "victim_withdrawals_during_attack": withdrawn_victims,
+                        "victim_p99_ms_without_attack": summary(baseline)["p99_ms"],
+                        "victim_p99_ms_under_attack": summary(during)["p99_ms"],
                         "victim_latency_without_attack": summary(baseline),
                         "victim_latency_under_attack": summary(during),
                         "p99_ratio": summary(during)["p99_ms"] / summary(baseline)["p99_ms"],
                         "flood_applied_s": flood_applied, "forger": forge.stdout.strip() or forge.stderr.strip(),
-                        "agent_alive": alive, "agent_cpu_s": cpu, "paths_in_gobgpd": len(held),
+                        "agent_alive": alive, "agent_cpu_s": cpu,
+                        "netlink_dropped_metric": dropped, "paths_in_gobgpd": len(held),
                         "status_after": {k: v for k, v in status.items() if k not in ("gobgpd", "prefixes")}},
             "notes": "the victims are one-endpoint namespaces on the first uplink, the attacker one on a second "
                      "uplink (the kernel refuses a duplicate address among slaves of one parent). Latency: a "
@@ -940,21 +1024,20 @@ def render(result: dict[str, Any], json_name: str) -> str:
         "| case | pass condition | result | sizes | key figures |",
         "|---|---|---|---|---|",
     ]
-    for name in CASES:
+    for name in DOC_ORDER:
         if name not in cases:
             lines.append(f"| {name} | {CONDITIONS[name]} | not run | | |")
             continue
         case = cases[name]
-        verdict = "**PASS**" if case.get("passed") else "**FAIL**"
+        verdict = f"**{'PASS' if case.get('passed') else 'FAIL'}** ({case.get('seconds', 0):.0f} s)"
         figures = case.get("figures", {})
-        keys = [k for k in figures if not isinstance(figures[k], list) or len(figures[k]) <= 8][:8]
-        key_text = "; ".join(f"{k} {_fmt(figures[k])}" for k in keys)
+        key_text = "; ".join(f"{k} {_fmt(figures[k])}" for k in HEADLINES[name] if k in figures)
         if "error" in case:
             key_text = f"error: {case['error']}"
         lines.append(f"| {name} | {case.get('condition', CONDITIONS[name])} | {verdict} | "
                      f"{_fmt(case.get('sizes', {}))} | {key_text.replace('|', '/')} |")
     lines += ["", "## Cases in detail", ""]
-    for name in CASES:
+    for name in DOC_ORDER:
         if name not in cases:
             continue
         case = cases[name]
@@ -970,6 +1053,16 @@ def render(result: dict[str, Any], json_name: str) -> str:
         lines.append("")
     if result.get("notes"):
         lines += ["## About this run", "", result["notes"], ""]
+    lines += [
+        "## How to run",
+        "",
+        "`make faults` runs every case at the issue's sizes (the VM cases inside the QEMU VM where this kernel has",
+        "no ipvlan, the fuzz cases on this machine), writes `docs/reliability/faults-<time>.json` and regenerates",
+        "this page; it exits non-zero when a case fails. `FAULTS_ARGS=\"--small\"` runs toy sizes (as",
+        "`tests/vm/test_faults_smoke_vm.py` does in `make test`); `--only CASE ...` selects cases; each size has",
+        "its own flag (`python bench/faults.py --help`); `--render JSON` regenerates this page from a JSON file.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -1007,14 +1100,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.render:
         print(publish(args.render))
         return 0
-    if args.small:
-        for key, value in SMALL.items():
-            setattr(args, key, value)
-    names = list(args.only or CASES)
+    if args.small:  # the small sizes become the defaults; sizes given explicitly still win
+        parser.set_defaults(**SMALL)
+        args = parser.parse_args(argv)
+    names = sorted(args.only or CASES, key=CASES.index)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     json_path = args.out or RESULTS / f"faults-{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
