@@ -257,7 +257,7 @@ class Daemon:
             if Reason.FULL_READ in reasons:
                 self.reconciler.invalidate()
             elif Reason.RIB_CHECK in reasons:
-                await self._check_rib()
+                await self._beating(self._check_rib())  # a frozen gobgpd holds it for rpc_timeout
             if not self._pass_needed(reasons):
                 continue
             result = await self._beating(self._pass(first_change_at))
@@ -289,6 +289,7 @@ class Daemon:
             moved = await self.reconciler.table_moved()
         except GobgpError as exc:
             log.warning("rib check: %s", exc)
+            self._set_health(False, f"gobgpd did not answer the rib check: {type(exc).__name__}")
             moved = True
         if moved and self.reconciler.actual is not None:
             log.debug("gobgpd's path counts moved without us: re-reading its table")

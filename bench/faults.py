@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import ipaddress
 import itertools
 import json
@@ -46,11 +47,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from agent_bench import RibWatch, summary  # noqa: E402
+from ipvlan_bgp_lab.containers import IpBatch, ifindex, netlink_in, populate  # noqa: E402
+from ipvlan_bgp_lab.gobgpd import Gobgpd, free_port, global_config  # noqa: E402
+from ipvlan_bgp_lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 
 from agent.gobgp import GobgpClient  # noqa: E402
-from agent.lab.containers import IpBatch, ifindex, netlink_in, populate  # noqa: E402
-from agent.lab.gobgpd import Gobgpd, free_port, global_config  # noqa: E402
-from agent.lab.netns import create_netns, delete_netns, run_in  # noqa: E402
 from agent.model import LargeCommunity  # noqa: E402
 from agent.status import query  # noqa: E402
 
@@ -373,10 +374,10 @@ class Churn:
 
 @contextlib.asynccontextmanager
 async def rack() -> AsyncIterator[Any]:
-    from agent.lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
-    from agent.lab.embedded import NETNS_DIR, EmbeddedLab
-    from agent.lab.status import containers
-    from agent.lab.topology import load_topology
+    from ipvlan_bgp_lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
+    from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab
+    from ipvlan_bgp_lab.status import containers
+    from ipvlan_bgp_lab.topology import load_topology
 
     lab = EmbeddedLab(load_topology(DEFAULT_TOPOLOGY))
     lab.down()
@@ -432,8 +433,8 @@ async def settle_exact(target: str, fib: Any, wanted: set[str], timeout: float) 
 
 
 async def case_gobgpd_kill(lab: Any, kills: int, rate: float, seed: int) -> dict[str, Any]:
-    from agent.lab.embedded import NETNS_DIR
-    from agent.lab.fibwatch import FibWatch
+    from ipvlan_bgp_lab.embedded import NETNS_DIR
+    from ipvlan_bgp_lab.fibwatch import FibWatch
 
     rng = random.Random(seed)
     fib = await FibWatch(NETNS_DIR / lab.state.node_ns("tor")).start()
@@ -470,8 +471,8 @@ async def case_gobgpd_kill(lab: Any, kills: int, rate: float, seed: int) -> dict
 
 
 async def case_agent_kill(lab: Any, kills: int, rate: float, seed: int) -> dict[str, Any]:
-    from agent.lab.embedded import NETNS_DIR
-    from agent.lab.fibwatch import FibWatch
+    from ipvlan_bgp_lab.embedded import NETNS_DIR
+    from ipvlan_bgp_lab.fibwatch import FibWatch
 
     rng = random.Random(seed)
     fib = await FibWatch(NETNS_DIR / lab.state.node_ns("tor")).start()
@@ -911,9 +912,7 @@ def _cpu_seconds(pid: int) -> float:
 # Fuzz cases: the project's own fuzz scripts (tests/fuzz), run as they are.
 
 def case_parser_fuzz(inputs: int, seed: int) -> dict[str, Any]:
-    from tests.fuzz.netlink import fuzz
-
-    result = fuzz(inputs, seed)
+    result = importlib.import_module("tests.fuzz.netlink").fuzz(inputs, seed)
     return {"passed": not result.crashes and result.inputs == inputs, "sizes": {"inputs": inputs, "seed": seed},
             "figures": {"inputs": result.inputs, "defined_parse_errors": result.parse_errors,
                         "other_exceptions": len(result.crashes), "seconds": result.seconds,
@@ -924,9 +923,7 @@ def case_parser_fuzz(inputs: int, seed: int) -> dict[str, Any]:
 
 
 def case_config_fuzz(files: int, seed: int) -> dict[str, Any]:
-    from tests.fuzz.config import fuzz
-
-    result = fuzz(files, seed)
+    result = importlib.import_module("tests.fuzz.config").fuzz(files, seed)
     return {"passed": not result.crashes and result.files == files, "sizes": {"files": files, "seed": seed},
             "figures": {"files": result.files, "exit_0": result.valid, "exit_2": result.invalid,
                         "tracebacks_or_other_exits": len(result.crashes), "seconds": result.seconds,
@@ -1125,7 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path.write_text(json.dumps({**header, "cases": {}}, indent=2) + "\n")
     rc = 0
     if vm_names and not args.here and not Path("/sys/module/ipvlan").exists():
-        from agent.lab.vm import run_in_guest
+        from ipvlan_bgp_lab.vm import run_in_guest
 
         outdir = Path(tempfile.mkdtemp(prefix="ibgp-faults-"))
         guest_json = outdir / "faults.json"
