@@ -1119,7 +1119,13 @@ def main(argv: list[str] | None = None) -> int:
     vm_names = [n for n in names if n in VM_CASES]
     host_names = [n for n in names if n in HOST_CASES]
     if not json_path.exists():
-        json_path.write_text(json.dumps({**header, "cases": {}}, indent=2) + "\n")
+        json_path.write_text(json.dumps({**header, "cases": {}, "runs": []}, indent=2) + "\n")
+    else:  # adding cases to an earlier run's file: say which run measured which case
+        result = json.loads(json_path.read_text())
+        result.setdefault("runs", []).append({**header, "cases": names})
+        if header["commit"] != result.get("commit"):
+            result["commit"] = f"{result.get('commit')} + {header['commit']}"
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
     rc = 0
     if vm_names and not args.here and not Path("/sys/module/ipvlan").exists():
         from ipvlan_bgp_lab.vm import run_in_guest
