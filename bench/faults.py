@@ -1144,15 +1144,17 @@ def main(argv: list[str] | None = None) -> int:
             result["cases"].update(guest.get("cases", {}))
             result["kernel"] = guest.get("kernel")
         json_path.write_text(json.dumps(result, indent=2) + "\n")
-        where = "VM (QEMU TCG, virtme-ng) for the VM cases; this machine for the fuzz cases"
+        where = "the VM cases in the VM (QEMU TCG, virtme-ng, 2 vCPUs)"
     else:
         asyncio.run(run_cases(vm_names, args, json_path))
-        where = "this machine"
+        where = "this machine" if vm_names else "the fuzz cases on this machine"
     if host_names:
         asyncio.run(run_cases(host_names, args, json_path))
     result = json.loads(json_path.read_text())
     result.setdefault("kernel", platform.release())
-    result.update({"where": result.get("where", where), "seconds": time.monotonic() - started})
+    places = [p for p in (result.get("where"), where) if p]
+    result.update({"where": "; ".join(dict.fromkeys(places)),
+                   "seconds": result.get("seconds", 0.0) + time.monotonic() - started})
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_docs:
         print(f"wrote {publish(json_path)}")
