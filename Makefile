@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
-.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench install clean
+.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench faults install clean
 
 setup: deps venv stubs
 
@@ -80,6 +80,14 @@ bench: setup
 	$(PY) -m pip install -q 'matplotlib>=3.8,<4' 'py-spy>=0.3'
 	$(PY) bench/gobgp_baseline.py
 	$(PY) bench/agent_bench.py $(BENCH_ARGS)
+
+# The fault suite (issue #11): kills, freezes, bursts, namespace churn, a hostile container, fuzzing, each case
+# against its pass condition (the VM cases in the VM where this kernel has no ipvlan). Writes
+# docs/reliability/faults-*.json and regenerates docs/reliability.md; exits non-zero if a case fails.
+# FAULTS_ARGS=--small for a quick run at toy sizes.
+FAULTS_ARGS ?=
+faults: setup
+	$(PY) bench/faults.py $(FAULTS_ARGS)
 
 # Install from source beside Debian's gobgpd: a virtualenv in $(PREFIX) with the wheel, /usr/local/bin/ipvlan-bgp,
 # the agent unit, the drop-in for Debian's gobgpd.service, the docs and example configs (kept if they exist).

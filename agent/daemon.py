@@ -268,7 +268,7 @@ class Daemon:
             if Reason.FULL_READ in reasons:
                 self.reconciler.invalidate()
             elif Reason.RIB_CHECK in reasons:
-                await self._check_rib()
+                await self._beating(self._check_rib())  # a frozen gobgpd holds it for rpc_timeout
             if not self._pass_needed(reasons):
                 await self._beating(self._release_peers())
                 continue
@@ -302,6 +302,7 @@ class Daemon:
             moved = await self.reconciler.table_moved()
         except GobgpError as exc:
             log.warning("rib check: %s", exc)
+            self._set_health(False, f"gobgpd did not answer the rib check: {type(exc).__name__}")
             moved = True
         if moved and self.reconciler.actual is not None:
             log.debug("gobgpd's path counts moved without us: re-reading its table")

@@ -212,6 +212,44 @@ async def test_a_hung_gobgpd_does_not_stop_watchdog_pings(tmp_path: Path, monkey
 
 
 
+async def test_a_rib_check_on_a_hung_gobgpd_does_not_stop_watchdog_pings(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fault suite (gobgpd SIGSTOPped): with nothing changing, the periodic rib check is the call
+    that waits on a frozen gobgpd; the pings must go on through it."""
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+    def pings() -> int:
+        count = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                count += listener.recv(4096) == b"WATCHDOG=1"
+        return count
+
+    fake = FakeGobgp(OWNER)
+    config = agent_config(tmp_path, timers={"settle": 0.0, "rib_check": 0.2})
+    try:
+        async with running(config, speaker=fake, discovery=FakeDiscovery([endpoint("10.1.0.2/16")])) as daemon:
+            fake.hang()
+            pings()
+            try:
+                seen = []
+                for _ in range(40):
+                    await asyncio.sleep(0.1)
+                    seen.append(pings())
+                assert sum(seen[-10:]) >= 5, seen
+                assert daemon.reconciler.stats.passes == 1  # no pass since: the rib check is what waits
+            finally:
+                fake.release()
+    finally:
+        listener.close()
+
+
 async def test_ready_status_and_stopping_reach_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sock_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
