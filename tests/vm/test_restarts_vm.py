@@ -1,5 +1,5 @@
 """gobgpd restarts without the ToR noticing (issue 18), at the lab's size, in the VM: the reference rack with
-host1 also advertising a few dozen host routes of real ipvlan containers; each restart of agent/lab/restarts.py
+host1 also advertising a few dozen host routes of real ipvlan containers; each restart of lab/ipvlan_bgp_lab/restarts.py
 must leave every live route in the FRR ToR's FIB throughout (no withdrawal) and end with exactly the live ones.
 The 1,000 / 10,000-path figures come from bench/restarts.py (docs/restarts.md)."""
 
@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from agent.lab.embedded import NETNS_DIR, EmbeddedLab
-from agent.lab.fibwatch import FibWatch
-from agent.lab.restarts import HOST, Action, add_bulk, measure, restart_topology, scenarios, until
-from agent.lab.status import containers
-from agent.lab.topology import load_topology
+from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab
+from ipvlan_bgp_lab.fibwatch import FibWatch
+from ipvlan_bgp_lab.restarts import HOST, Action, add_bulk, measure, restart_topology, scenarios, until
+from ipvlan_bgp_lab.status import containers
+from ipvlan_bgp_lab.topology import load_topology
 
 pytestmark = pytest.mark.vm
 UNIT = Path(__file__).resolve().parents[2] / "config" / "gobgpd.service.d" / "ipvlan-bgp.conf"
