@@ -30,7 +30,7 @@ from . import wiring
 from .config import AgentConfig, ConfigError, OnShutdown, load_config
 from .dampening import FlapDamper
 from .discovery import DiscoveryStats, EndpointSource
-from .endpoints import Endpoint
+from .endpoints import Endpoint, flatten
 from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
 from .metrics import Metrics, error_kind
@@ -331,8 +331,9 @@ class Daemon:
             self.wakeups.post_in(RETRY_MAX, Reason.PEERS)
 
     async def _pass(self, first_change_at: float | None) -> PassResult:
-        endpoints = self.discovery.snapshot()
-        damped = self.damper.filter(endpoints, time.monotonic())
+        by_namespace = self.discovery.by_namespace()
+        endpoints = flatten(by_namespace)
+        damped = self.damper.filter(by_namespace, time.monotonic())
         if damped.next_release is not None:
             self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
         for endpoint in set(damped.held) - set(self._held_down):
@@ -340,14 +341,14 @@ class Daemon:
                         extra={"namespace": endpoint.netns, "interface": endpoint.ifname})
         self._held_down = damped.held
         stats = self.discovery.stats()
-        refused_before = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
+        refused_before = self.reconciler.stats.refused
         started = time.perf_counter()
         plan: Plan | None = None
         error: str | None = None
         kind = "internal"
         try:
             self.reconciler.host_addresses = self.discovery.host_addresses()
-            plan = await self.reconciler.reconcile(damped.endpoints)
+            plan = await self.reconciler.reconcile(damped.by_namespace)
         except Exception as exc:  # any failure costs a retry, never the loop
             error, kind = type(exc).__name__, error_kind(exc)
             if isinstance(exc, GobgpError):
@@ -355,7 +356,7 @@ class Daemon:
             else:
                 log.exception("reconcile failed unexpectedly")
         duration = time.perf_counter() - started
-        refused = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
+        refused = self.reconciler.stats.refused
         self._publish_pass(endpoints, damped.held, stats, refused)
         return PassResult(
             endpoints=endpoints, held_down=damped.held, namespaces=stats.namespaces, resyncs=stats.resyncs,

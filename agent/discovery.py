@@ -5,8 +5,9 @@ net). Each namespace gets two netlink sockets (events and requests, see agent.rt
 with setns(2) on a helper thread (no fork: the process also runs gRPC); the first is subscribed to link
 and address events, then the namespace is dumped through the second. On any netlink
 error - ENOBUFS after an event burst included - the namespace is dumped again from scratch, so the view
-is never stale. ``snapshot()`` returns the complete, immutable set of endpoints; every callback given to
-``subscribe`` is called whenever it may differ from the last one (cheap and often: consumers coalesce).
+is never stale. ``by_namespace()`` returns the complete, immutable set of endpoints, namespace by
+namespace; every callback given to ``subscribe`` is called whenever it may differ from the last one (cheap
+and often: consumers coalesce).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 import stat
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ from typing import Protocol
 from .endpoints import (
     OWN_NAMESPACE,
     Endpoint,
+    endpoint_of,
     endpoints_in,
+    flatten,
     ignored_in,
     missing_uplinks,
     printable,
@@ -57,6 +60,17 @@ def _unsigned_nsid(value: int | None) -> int | None:
     return None if value is None or value < 0 or value >= 2**31 else value
 
 
+@dataclass
+class _Derived:
+    """What a watcher derived from its view, and from what."""
+
+    view: NamespaceView
+    own_nsid: int | None
+    uplinks: dict[int, str]
+    by_ifindex: dict[int, Endpoint]
+    endpoints: tuple[Endpoint, ...]
+
+
 class NamespaceWatcher:
     """Keeps the NamespaceView of one namespace true: dump, then events; re-dump after any error."""
 
@@ -73,21 +87,35 @@ class NamespaceWatcher:
         self._opener = opener
         self._rcvbuf = rcvbuf
         self._own_ns_fd = own_ns_fd
-        self._derived: tuple[NamespaceView, int, int | None, dict[int, str], tuple[Endpoint, ...]] | None = None
+        self._derived: _Derived | None = None
         self._session_synced = False  # the current session completed its dump
 
     def endpoints(self, uplinks: dict[int, str]) -> tuple[Endpoint, ...]:
-        """The endpoints of this namespace, re-derived only when its view or the uplinks changed."""
+        """The endpoints of this namespace: the same tuple while nothing in it changed, and otherwise only the
+        links that changed re-derived (the others keep their Endpoint objects, so consumers skip them too)."""
         view = self.view
         if view is None:
             return ()
         derived = self._derived
-        if derived is not None and derived[0] is view and derived[1] == view.version \
-                and derived[2] == view.own_nsid and derived[3] == uplinks:
-            return derived[4]
-        found = tuple(endpoints_in(self.path or OWN_NAMESPACE, view, uplinks, own=self.path is None))
-        self._derived = (view, view.version, view.own_nsid, uplinks, found)
-        return found
+        if derived is None or derived.view is not view or derived.own_nsid != view.own_nsid \
+                or derived.uplinks != uplinks:
+            view.changed.clear()
+            found = endpoints_in(self.path or OWN_NAMESPACE, view, uplinks, own=self.path is None)
+            derived = self._derived = _Derived(view, view.own_nsid, dict(uplinks),
+                                               {e.ifindex: e for e in found}, tuple(found))
+            return derived.endpoints
+        if view.changed:
+            netns, own = self.path or OWN_NAMESPACE, self.path is None
+            for ifindex in view.changed:
+                link = view.links.get(ifindex)
+                endpoint = None if link is None else endpoint_of(netns, link, view, uplinks, own)
+                if endpoint is None:
+                    derived.by_ifindex.pop(ifindex, None)
+                else:
+                    derived.by_ifindex[ifindex] = endpoint
+            view.changed.clear()
+            derived.endpoints = tuple(derived.by_ifindex[i] for i in sorted(derived.by_ifindex))
+        return derived.endpoints
 
     @property
     def label(self) -> str:
@@ -205,6 +233,7 @@ class EndpointSource(Protocol):
     synced: asyncio.Event  # set once every namespace present at start has been read
 
     def subscribe(self, on_change: Callable[[], None]) -> None: ...
+    def by_namespace(self) -> Mapping[str, tuple[Endpoint, ...]]: ...
     def snapshot(self) -> tuple[Endpoint, ...]: ...
     def host_addresses(self) -> frozenset[IPAddress]: ...
     def stats(self) -> DiscoveryStats: ...
@@ -239,15 +268,25 @@ class Discovery:
         self._junk: set[tuple[int, int]] = set()  # (device, inode) of entries that are not namespaces
         self._inotify: DirectoryEvents | None = None
 
-    def snapshot(self) -> tuple[Endpoint, ...]:
+    def by_namespace(self) -> dict[str, tuple[Endpoint, ...]]:
+        """The endpoints of every namespace that has any, by namespace path (OWN_NAMESPACE first, then by
+        path). A namespace's tuple is the same object from one call to the next while nothing in it changed,
+        so a consumer re-derives only the namespaces whose tuple is new (``routes.DesiredIndex``)."""
         own_view = self._own.view
         if own_view is None:
-            return ()
+            return {}
         uplinks = uplink_ifindexes(own_view.links.values(), self.uplinks)
-        found = list(self._own.endpoints(uplinks))
+        found: dict[str, tuple[Endpoint, ...]] = {}
+        if own := self._own.endpoints(uplinks):
+            found[OWN_NAMESPACE] = own
         for watcher in sorted((w for w, _ in self._watchers.values()), key=lambda w: w.path or ""):
-            found.extend(watcher.endpoints(uplinks))
-        return tuple(found)  # ordered by Endpoint.key: the own namespace ("") first, then by path and ifindex
+            if endpoints := watcher.endpoints(uplinks):
+                found[watcher.path or OWN_NAMESPACE] = endpoints
+        return found
+
+    def snapshot(self) -> tuple[Endpoint, ...]:
+        """Every endpoint, ordered by Endpoint.key: the own namespace ("") first, then by path and ifindex."""
+        return flatten(self.by_namespace())
 
     def ignored(self) -> list[tuple[str, Link, str]]:
         """(namespace, link, reason) of every link that is not an endpoint (see ``endpoints.ignored_in``)."""

@@ -9,6 +9,7 @@ IFLA_LINK_NETNSID = the id the container namespace gives the parent's namespace)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -56,6 +57,10 @@ class Endpoint:
         return printable(f"{self.netns or '(host)'}:{self.ifname}")
 
 
+def flatten(by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> tuple[Endpoint, ...]:
+    return tuple(itertools.chain.from_iterable(by_namespace.values()))
+
+
 def uplink_ifindexes(own_links: Iterable[Link], uplinks: Iterable[str]) -> dict[int, str]:
     wanted = set(uplinks)
     return {link.ifindex: link.ifname for link in own_links if link.ifname in wanted}
@@ -93,22 +98,25 @@ def ignored_in(view: NamespaceView, uplinks: Mapping[int, str], own: bool) -> li
     return ignored
 
 
+def endpoint_of(netns: str, link: Link, view: NamespaceView, uplinks: Mapping[int, str], own: bool) -> Endpoint | None:
+    """The endpoint ``link`` is, if it is one. ``own``: this is the agent's own namespace."""
+    if link.kind != "ipvlan" or link.ipvlan_mode not in (IpvlanMode.L3, IpvlanMode.L3S):
+        return None
+    if not _parent_is_ours(link, view, own) or link.parent_ifindex is None or link.parent_ifindex not in uplinks:
+        return None
+    addresses = tuple(sorted(view.addresses.get(link.ifindex, ()), key=lambda a: (a.version, a)))
+    return Endpoint(
+        netns=netns,
+        ifname=link.ifname,
+        ifindex=link.ifindex,
+        mode=IpvlanMode(link.ipvlan_mode),
+        parent=uplinks[link.parent_ifindex],
+        addresses=addresses,
+        ready=link.up and bool(addresses),
+    )
+
+
 def endpoints_in(netns: str, view: NamespaceView, uplinks: Mapping[int, str], own: bool) -> list[Endpoint]:
     """The endpoints of one namespace, by ifindex. ``own``: this is the agent's own namespace."""
-    found = []
-    for link in sorted(view.links.values(), key=lambda link: link.ifindex):
-        if link.kind != "ipvlan" or link.ipvlan_mode not in (IpvlanMode.L3, IpvlanMode.L3S):
-            continue
-        if not _parent_is_ours(link, view, own) or link.parent_ifindex is None or link.parent_ifindex not in uplinks:
-            continue
-        addresses = tuple(sorted(view.addresses.get(link.ifindex, ()), key=lambda a: (a.version, a)))
-        found.append(Endpoint(
-            netns=netns,
-            ifname=link.ifname,
-            ifindex=link.ifindex,
-            mode=IpvlanMode(link.ipvlan_mode),
-            parent=uplinks[link.parent_ifindex],
-            addresses=addresses,
-            ready=link.up and bool(addresses),
-        ))
-    return found
+    found = (endpoint_of(netns, link, view, uplinks, own) for _, link in sorted(view.links.items()))
+    return [endpoint for endpoint in found if endpoint is not None]

@@ -46,9 +46,11 @@ class NamespaceView:
     addresses: dict[int, set[IPInterface]] = field(default_factory=dict)
     own_nsid: int | None = None  # the id this namespace gives the agent's namespace, if any
     version: int = 0  # bumped by every change applied: lets a consumer keep what it derived from the view
+    changed: set[int] = field(default_factory=set)  # ifindexes changed since the consumer last cleared this
 
     def apply(self, change: Link | LinkGone | AddressChange) -> None:
         self.version += 1
+        self.changed.add(change.ifindex)
         if isinstance(change, Link):
             self.links[change.ifindex] = change
         elif isinstance(change, LinkGone):

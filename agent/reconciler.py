@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .config import AgentConfig
@@ -19,7 +19,7 @@ from .endpoints import Endpoint
 from .gobgp import BgpSpeaker
 from .logs import source_fields
 from .model import IPAddress, IPNetwork, Route
-from .routes import Desired, Plan, Refusal, desired_routes, plan
+from .routes import Desired, DesiredIndex, Plan, Refusal, desired_routes, plan, plan_changes
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ class ReconcileStats:
     failures: int = 0
     last_pass_at: float | None = None  # wall clock
     last_duration: float = 0.0
-    refused_outside: set[IPNetwork] = field(default_factory=set)
-    refused_cap: set[IPNetwork] = field(default_factory=set)
-    refused: dict[Refusal, set[IPNetwork]] = field(default_factory=dict)  # every reason, outside and cap too
+    refused_outside: frozenset[IPNetwork] = frozenset()
+    refused_cap: frozenset[IPNetwork] = frozenset()
+    refused: dict[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)  # every reason, outside and cap too
+    planned_by_changes: int = 0  # passes planned from the changed prefixes alone (the rest: whole-table plans)
 
 
 LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; each route then goes to debug
@@ -68,6 +69,10 @@ class Reconciler:
         self.advertised: set[IPNetwork] = set()
         # gobgpd's path count per family as implied by our last full read and our own changes since.
         self._expected_counts: dict[int, int] | None = None
+        self._index: DesiredIndex | None = None
+        # gobgpd holds exactly the index's routes as of the last pass, so the next plan may look at the
+        # prefixes that changed since and nothing else.
+        self._exact = False
 
     async def table_moved(self) -> bool:
         """Cheap drift check, two GetTable calls: do gobgpd's path counts differ from what our last full read
@@ -93,6 +98,16 @@ class Reconciler:
         """Forget what gobgpd holds; the next pass re-reads it."""
         self.actual = None
         self._expected_counts = None
+        self._exact = False
+
+    def _current_index(self) -> DesiredIndex:
+        """The index for the current config and host addresses; a new one (and a whole-table plan) when
+        either changed."""
+        index = self._index
+        if index is None or index.config is not self.config or index.host_addresses != self.host_addresses:
+            index = self._index = DesiredIndex(self.config, self.host_addresses)
+            self._exact = False
+        return index
 
     async def read_actual(self) -> dict[IPNetwork, Route]:
         counts = await self._path_counts()  # before listing: a change made during the listing shows up later
@@ -106,17 +121,30 @@ class Reconciler:
         return desired, plan(desired.routes, actual, self.config.max_prefixes, self.config.namespace_quota,
                              desired.owners, self.advertised)
 
-    async def reconcile(self, endpoints: Iterable[Endpoint]) -> Plan:
-        """One level-triggered pass: desired from ``endpoints``, diff against gobgpd, apply the difference."""
+    async def reconcile(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> Plan:
+        """One level-triggered pass: desired from the endpoints of every namespace, diffed against gobgpd, the
+        difference applied. While gobgpd is known to hold exactly what we want and no cap binds, only the
+        prefixes that changed are looked at; otherwise the whole table is planned."""
         started = time.perf_counter()
         try:
             if self.actual is None:
                 self.actual = await self.read_actual()
-            desired, p = self.compute(endpoints, self.actual)
-            self.desired = desired
-            self._report_refusals(desired, p)
+                self._exact = False
+            index = self._current_index()
+            touched = index.update(by_namespace)
+            by_changes = self._exact and index.within_caps
+            if by_changes:
+                p = plan_changes(index.routes, self.actual, touched)
+                self.stats.planned_by_changes += 1
+            else:
+                p = plan(index.routes, self.actual, self.config.max_prefixes, self.config.namespace_quota,
+                         index.owners, self.advertised)
+            desired = self.desired = index.desired()
+            self._report_refusals(index, p)
             await self._apply(p, self.actual, desired)
-            self.advertised = set(self.actual)
+            if not by_changes:
+                self.advertised = set(self.actual)
+            self._exact = index.within_caps
         except BaseException:
             self.stats.failures += 1
             self.invalidate()
@@ -135,6 +163,7 @@ class Reconciler:
             for route in p.withdraw:
                 if actual.pop(route.prefix, None) is not None:
                     self._counted(route.version, -1)
+                self.advertised.discard(route.prefix)
             _log_routes("withdrew", p.withdraw, desired)
         if p.add:
             await self.client.add_paths(p.add)
@@ -142,9 +171,10 @@ class Reconciler:
                 if route.prefix not in actual:  # a re-add with new attributes replaces: the count stays
                     self._counted(route.version, +1)
                 actual[route.prefix] = route
+                self.advertised.add(route.prefix)
             _log_routes("advertised", p.add, desired)
 
-    def _report_refusals(self, desired: Desired, p: Plan) -> None:
+    def _report_refusals(self, index: DesiredIndex, p: Plan) -> None:
         """One log line per prefix and episode of refusal, with the reason."""
         why = {
             Refusal.OUTSIDE: "outside every configured network",
@@ -152,12 +182,14 @@ class Reconciler:
             Refusal.HOST_ADDRESS: "an address of this host (or a configured next hop)",
             Refusal.DUPLICATE: "claimed from more than one namespace, advertised for none until unique",
         }
-        now: dict[Refusal, set[IPNetwork]] = {reason: set(desired.refused_for(reason)) for reason in why}
-        now[Refusal.QUOTA] = {r.prefix for r in p.over_quota}
-        now[Refusal.CAP] = {r.prefix for r in p.over_cap}
+        now: dict[Refusal, frozenset[IPNetwork]] = {reason: frozenset(index.refused_by_reason[reason])
+                                                    for reason in why}
+        now[Refusal.QUOTA] = frozenset(r.prefix for r in p.over_quota)
+        now[Refusal.CAP] = frozenset(r.prefix for r in p.over_cap)
         for reason, prefixes in now.items():
-            for prefix in sorted(prefixes - self.stats.refused.get(reason, set()), key=lambda n: (n.version, n)):
-                sources = desired.refused.get(prefix, (reason, desired.sources.get(prefix, ())))[1]
+            for prefix in sorted(prefixes - self.stats.refused.get(reason, frozenset()),
+                                 key=lambda n: (n.version, n)):
+                sources = index.refused.get(prefix, (reason, index.sources.get(prefix, ())))[1]
                 text = why.get(reason) or (f"max_prefixes_per_namespace ({self.config.namespace_quota}) reached"
                                            if reason == Refusal.QUOTA else
                                            f"max_prefixes ({self.config.max_prefixes}) reached")

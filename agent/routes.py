@@ -51,56 +51,197 @@ def _host_prefix(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> 
     return ipaddress.IPv6Network((int(address.ip), 128))
 
 
+class DesiredIndex:
+    """The desired routes, kept up to date endpoint by endpoint: ``update`` re-derives only the endpoints that
+    are not the very objects it saw last time (discovery hands out the same objects while nothing changed) and
+    returns the prefixes whose outcome may have changed, so a pass costs what changed, not what exists.
+
+    The rules: an address is advertised as a host route (per its network's ``advertise``) when it is inside a
+    configured network, outside that network's ``exclude`` prefixes, not an address of the host itself (nor a
+    configured next hop), and held from one namespace only. A network's aggregate is advertised when its
+    ``aggregate_when`` says so. ``desired_routes`` is the same index built from scratch."""
+
+    def __init__(self, config: AgentConfig, host_addresses: Collection[IPAddress] = ()) -> None:
+        self.config = config
+        self.host_addresses = frozenset(host_addresses)
+        self._attributes = {network.prefix: network.attributes(config.ownership_community)
+                            for network in config.networks}
+        self._next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
+        self._own = {*self.host_addresses, *(hop for hop in self._next_hop.values() if hop is not None)}
+        self._networks = {network.prefix: network for network in config.networks}
+        self._seen: dict[str, tuple[tuple[Endpoint, ...], dict[tuple[str, int], Endpoint]]] = {}
+        self._holders: dict[IPNetwork, dict[str, list[str]]] = {}  # host prefix -> namespace -> endpoint labels
+        self._verdict: dict[IPNetwork, tuple[IPNetwork | None, Refusal | None]] = {}  # -> (network, reason)
+        self._accepted: dict[IPNetwork, IPNetwork] = {}  # host prefix -> its network, while a unique claim
+        self._used: dict[IPNetwork, int] = {}  # network -> accepted host prefixes in it
+        self._touched: set[IPNetwork] = set()
+        self.routes: dict[IPNetwork, Route] = {}
+        self.sources: dict[IPNetwork, tuple[str, ...]] = {}
+        self.refused: dict[IPNetwork, tuple[Refusal, tuple[str, ...]]] = {}
+        self.refused_by_reason: dict[Refusal, set[IPNetwork]] = {reason: set() for reason in Refusal}
+        self.owners: dict[IPNetwork, str] = {}
+        self.host_routes_of: dict[str, int] = {}  # namespace -> host routes it owns
+        self.namespaces_over_quota = 0  # namespaces owning more host routes than max_prefixes_per_namespace
+        for network in config.networks:
+            self._settle_aggregate(network.prefix)
+        self._touched.clear()
+
+    def update(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> set[IPNetwork]:
+        """Take the endpoints of every namespace (all of them: a namespace missing here is gone); returns the
+        prefixes whose route, refusal or owner may have changed since the last update."""
+        for netns in [n for n in self._seen if n not in by_namespace]:
+            for endpoint in self._seen.pop(netns)[1].values():
+                self._hold(endpoint, -1)
+        for netns, endpoints in by_namespace.items():
+            seen = self._seen.get(netns)
+            if seen is not None and seen[0] is endpoints:
+                continue
+            old = seen[1] if seen is not None else {}
+            new = {endpoint.key: endpoint for endpoint in endpoints}
+            for key, endpoint in old.items():
+                if new.get(key) is not endpoint:
+                    self._hold(endpoint, -1)
+            for key, endpoint in new.items():
+                if old.get(key) is not endpoint:
+                    self._hold(endpoint, +1)
+            self._seen[netns] = (endpoints, new)
+        touched, self._touched = self._touched, set()
+        networks = set()
+        for prefix in touched:
+            network = self._settle_host(prefix)
+            if network is not None:
+                networks.add(network)
+        for network in networks:
+            self._settle_aggregate(network)
+            touched.add(network)
+        return touched
+
+    def desired(self) -> Desired:
+        """An immutable copy of the current outcome."""
+        return Desired(routes=dict(self.routes), sources=dict(self.sources), refused=dict(self.refused),
+                       owners=dict(self.owners))
+
+    def _hold(self, endpoint: Endpoint, delta: int) -> None:
+        if not endpoint.ready:
+            return
+        for address in endpoint.addresses:
+            prefix = _host_prefix(address)
+            by_namespace = self._holders.setdefault(prefix, {})
+            labels = by_namespace.setdefault(endpoint.netns, [])
+            if delta > 0:
+                labels.append(endpoint.label)
+            else:
+                labels.remove(endpoint.label)
+                if not labels:
+                    del by_namespace[endpoint.netns]
+            self._touched.add(prefix)
+
+    def _judge(self, prefix: IPNetwork) -> tuple[IPNetwork | None, Refusal | None]:
+        verdict = self._verdict.get(prefix)
+        if verdict is None:
+            address = prefix.network_address
+            network = self.config.network_for(address)
+            reason = Refusal.OUTSIDE if network is None else Refusal.EXCLUDED if network.excludes(address) \
+                else Refusal.HOST_ADDRESS if address in self._own else None
+            verdict = self._verdict[prefix] = (None if network is None else network.prefix, reason)
+        return verdict
+
+    def _forget_host(self, prefix: IPNetwork) -> IPNetwork | None:
+        """Undo what ``prefix`` contributed as a host prefix; returns its network if that lost a claim."""
+        refusal = self.refused.pop(prefix, None)
+        if refusal is not None:
+            self.refused_by_reason[refusal[0]].discard(prefix)
+        owner = self.owners.pop(prefix, None)
+        if owner is not None:
+            self._count_host_route(owner, -1)
+            del self.routes[prefix]
+            del self.sources[prefix]
+        network = self._accepted.pop(prefix, None)
+        if network is None:
+            return None
+        self._used[network] -= 1
+        return network if self._used[network] == 0 else None
+
+    def _settle_host(self, prefix: IPNetwork) -> IPNetwork | None:
+        """Re-decide one host prefix; returns a network whose aggregate may have to follow."""
+        changed_network = self._forget_host(prefix)
+        by_namespace = self._holders.get(prefix)
+        if not by_namespace:
+            self._holders.pop(prefix, None)
+            self._verdict.pop(prefix, None)
+            return changed_network if changed_network is not None else self._network_prefix_itself(prefix)
+        labels = tuple(sorted({label for found in by_namespace.values() for label in found}))
+        network_prefix, reason = self._judge(prefix)
+        if reason is None and len(by_namespace) > 1:
+            reason = Refusal.DUPLICATE
+        if reason is not None:
+            self.refused[prefix] = (reason, labels)
+            self.refused_by_reason[reason].add(prefix)
+            return changed_network if changed_network is not None else self._network_prefix_itself(prefix)
+        assert network_prefix is not None  # no refusal: inside a network
+        self._accepted[prefix] = network_prefix
+        self._used[network_prefix] = self._used.get(network_prefix, 0) + 1
+        network = self._networks[network_prefix]
+        if network.advertise in (Advertise.HOST, Advertise.BOTH):
+            (owner,) = by_namespace
+            self.routes[prefix] = Route(prefix, self._next_hop[prefix.version], self._attributes[network_prefix])
+            self.sources[prefix] = labels
+            self.owners[prefix] = owner
+            self._count_host_route(owner, +1)
+        if self._used[network_prefix] == 1 or prefix in self._networks:
+            return network_prefix
+        return changed_network
+
+    def _network_prefix_itself(self, prefix: IPNetwork) -> IPNetwork | None:
+        # A network as narrow as one address: its aggregate and its host route share the prefix.
+        return prefix if prefix in self._networks else None
+
+    def _settle_aggregate(self, prefix: IPNetwork) -> None:
+        network = self._networks[prefix]
+        if network.advertise == Advertise.HOST:
+            return
+        wanted = network.aggregate_when == AggregateWhen.ALWAYS or self._used.get(prefix, 0) > 0
+        label = f"network {network.label}"
+        if prefix in self.owners:  # the host route of a one-address network: the same route, two sources
+            self.sources[prefix] = tuple(sorted({*self.sources[prefix], label}))
+        elif wanted:
+            self.routes[prefix] = Route(prefix, self._next_hop[prefix.version], self._attributes[prefix])
+            self.sources[prefix] = (label,)
+        else:
+            self.routes.pop(prefix, None)
+            self.sources.pop(prefix, None)
+
+    def _count_host_route(self, namespace: str, delta: int) -> None:
+        before = self.host_routes_of.get(namespace, 0)
+        after = before + delta
+        if after:
+            self.host_routes_of[namespace] = after
+        else:
+            del self.host_routes_of[namespace]
+        quota = self.config.namespace_quota
+        if quota is not None and (before > quota) != (after > quota):
+            self.namespaces_over_quota += 1 if after > quota else -1
+
+    @property
+    def within_caps(self) -> bool:
+        """No cap binds: every desired route is advertised (``plan_changes`` may then be used)."""
+        return len(self.routes) <= self.config.max_prefixes and not self.namespaces_over_quota
+
+
+def group_by_namespace(endpoints: Iterable[Endpoint]) -> dict[str, tuple[Endpoint, ...]]:
+    grouped: dict[str, list[Endpoint]] = {}
+    for endpoint in endpoints:
+        grouped.setdefault(endpoint.netns, []).append(endpoint)
+    return {netns: tuple(found) for netns, found in grouped.items()}
+
+
 def desired_routes(endpoints: Iterable[Endpoint], config: AgentConfig,
                    host_addresses: Collection[IPAddress] = ()) -> Desired:
     """``host_addresses``: every address of the host's own interfaces (discovery's own namespace); they and
     the configured next hops are never advertised from an endpoint."""
-    routes: dict[IPNetwork, Route] = {}
-    sources: dict[IPNetwork, list[str]] = {}
-    refused: dict[IPNetwork, tuple[Refusal, list[str]]] = {}
-    claims: dict[IPNetwork, dict[str, list[str]]] = {}  # host prefix -> namespace -> endpoint labels
-    attributes = {network.prefix: network.attributes(config.ownership_community) for network in config.networks}
-    next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
-    own = {*host_addresses, *(hop for hop in next_hop.values() if hop is not None)}
-    for endpoint in endpoints:
-        if not endpoint.ready:
-            continue
-        for address in endpoint.addresses:
-            host = _host_prefix(address)
-            network = config.network_for(address.ip)
-            reason = Refusal.OUTSIDE if network is None else Refusal.EXCLUDED if network.excludes(address.ip) \
-                else Refusal.HOST_ADDRESS if address.ip in own else None
-            if reason is not None:
-                refused.setdefault(host, (reason, []))[1].append(endpoint.label)
-            else:
-                claims.setdefault(host, {}).setdefault(endpoint.netns, []).append(endpoint.label)
-    used: set[IPNetwork] = set()
-    owners: dict[IPNetwork, str] = {}
-    for host, by_namespace in claims.items():
-        labels = [label for found in by_namespace.values() for label in found]
-        if len(by_namespace) > 1:
-            refused[host] = (Refusal.DUPLICATE, labels)
-            continue
-        network = config.network_for(host.network_address)
-        assert network is not None  # claims are inside a network
-        used.add(network.prefix)
-        if network.advertise in (Advertise.HOST, Advertise.BOTH):
-            routes[host] = Route(host, next_hop[host.version], attributes[network.prefix])
-            sources[host] = labels
-            (owners[host],) = by_namespace
-    for network in config.networks:
-        if network.advertise == Advertise.HOST:
-            continue
-        if network.aggregate_when == AggregateWhen.ALWAYS or network.prefix in used:
-            prefix = network.prefix
-            routes[prefix] = Route(prefix, next_hop[prefix.version], attributes[prefix])
-            sources.setdefault(prefix, []).append(f"network {network.label}")
-    return Desired(
-        routes=routes,
-        sources={p: tuple(sorted(set(s))) for p, s in sources.items()},
-        refused={p: (why, tuple(sorted(set(s)))) for p, (why, s) in refused.items()},
-        owners=owners,
-    )
+    index = DesiredIndex(config, host_addresses)
+    index.update(group_by_namespace(endpoints))
+    return index.desired()
 
 
 @dataclass(frozen=True)
@@ -205,3 +346,20 @@ def plan(desired: Mapping[IPNetwork, Route], actual: Mapping[IPNetwork, Route], 
         over_quota=tuple(_ordered(over_quota)),
     )
 
+
+
+def plan_changes(desired: Mapping[IPNetwork, Route], actual: Mapping[IPNetwork, Route],
+                 touched: Iterable[IPNetwork]) -> Plan:
+    """``plan`` restricted to the ``touched`` prefixes, for when no cap binds (``DesiredIndex.within_caps``)
+    and gobgpd held exactly the desired routes before they were touched: then every other prefix is kept
+    as it is, and the plan costs what changed. ``keep`` is left empty (it would list everything else)."""
+    add: list[Route] = []
+    withdraw: list[Route] = []
+    for prefix in touched:
+        route = desired.get(prefix)
+        held = actual.get(prefix)
+        if route is not None and held != route:
+            add.append(route)
+        elif route is None and held is not None:
+            withdraw.append(held)
+    return Plan(add=tuple(_ordered(add)), withdraw=tuple(_ordered(withdraw)))

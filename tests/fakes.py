@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
 from agent.discovery import DiscoveryStats
-from agent.endpoints import Endpoint
+from agent.endpoints import Endpoint, flatten
 from agent.gobgp import (
     BgpInfo,
     GobgpEvent,
@@ -23,6 +23,7 @@ from agent.gobgp import (
     PeerInfo,
 )
 from agent.model import IPAddress, IPNetwork, LargeCommunity, Route
+from agent.routes import group_by_namespace
 
 FAKE_PEER = "192.0.2.254"
 
@@ -174,6 +175,7 @@ class FakeDiscovery:
         self.runs = 0
         self.host = frozenset[IPAddress]()  # the host's own addresses (never advertised from a container)
         self._callbacks: list[Callable[[], None]] = []
+        self._grouped: tuple[tuple[Endpoint, ...], dict[str, tuple[Endpoint, ...]]] = ((), {})
 
     def set(self, *endpoints: Endpoint) -> None:
         self.endpoints = tuple(endpoints)
@@ -186,8 +188,13 @@ class FakeDiscovery:
     def subscribe(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
 
+    def by_namespace(self) -> dict[str, tuple[Endpoint, ...]]:
+        if self._grouped[0] is not self.endpoints:  # the same tuples while unchanged, as discovery does
+            self._grouped = (self.endpoints, group_by_namespace(self.endpoints))
+        return self._grouped[1]
+
     def snapshot(self) -> tuple[Endpoint, ...]:
-        return self.endpoints
+        return flatten(self.by_namespace())
 
     def host_addresses(self) -> frozenset[IPAddress]:
         return self.host

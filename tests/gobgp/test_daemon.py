@@ -118,10 +118,10 @@ async def test_waits_for_gobgpd_that_starts_late(gobgpd: Gobgpd, client: GobgpCl
 async def test_second_pass_sends_nothing(gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path)
     async with running(config) as daemon:
-        plan = await daemon.reconciler.reconcile(daemon.discovery.snapshot())
+        plan = await daemon.reconciler.reconcile(daemon.discovery.by_namespace())
         assert plan.empty
         daemon.reconciler.invalidate()  # a full re-read of gobgpd agrees too
-        assert (await daemon.reconciler.reconcile(daemon.discovery.snapshot())).empty
+        assert (await daemon.reconciler.reconcile(daemon.discovery.by_namespace())).empty
 
 
 

@@ -410,17 +410,17 @@ async def test_a_stuck_loop_stops_the_watchdog_pings(tmp_path: Path, watchdog: N
 
 
 class BlockingDiscovery(FakeDiscovery):
-    """A discovery whose snapshot blocks the event loop's thread (as a blocking call in the loop would)."""
+    """A discovery whose by_namespace blocks the event loop's thread (as a blocking call in the loop would)."""
 
     block_for = 0.0
     blocked: tuple[float, float] | None = None
 
-    def snapshot(self) -> tuple[Endpoint, ...]:
+    def by_namespace(self) -> dict[str, tuple[Endpoint, ...]]:
         if self.block_for:
             started = time.monotonic()
             time.sleep(self.block_for)
             self.blocked, self.block_for = (started, time.monotonic()), 0.0
-        return super().snapshot()
+        return super().by_namespace()
 
 
 async def test_a_blocked_event_loop_sends_no_watchdog_pings(tmp_path: Path, watchdog: NotifyListener) -> None:

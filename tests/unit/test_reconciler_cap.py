@@ -10,6 +10,7 @@ from agent.config import parse_config
 from agent.endpoints import Endpoint, IpvlanMode
 from agent.model import IPNetwork, Route
 from agent.reconciler import Reconciler
+from agent.routes import group_by_namespace
 
 CONFIG = parse_config({"uplinks": ["eth0"], "ownership_community": "65001:4242:1", "max_prefixes": 10,
                        "max_prefixes_per_namespace": 10,
@@ -48,13 +49,13 @@ def hosts_of(rib: dict[IPNetwork, Route], third_octet: int) -> set[int]:
 async def test_advertised_prefixes_keep_their_place_across_a_gobgpd_restart() -> None:
     gobgpd = StubGobgpd()
     reconciler = Reconciler(gobgpd, CONFIG)  # type: ignore[arg-type]
-    await reconciler.reconcile([namespace("a", range(5, 10)), namespace("b", range(5))])
+    await reconciler.reconcile(group_by_namespace([namespace("a", range(5, 10)), namespace("b", range(5))]))
     assert hosts_of(gobgpd.rib, 0) == {5, 6, 7, 8, 9}
     # a gains five lower addresses; its fair share (5 of 10) stays with the five it had
     grown = [namespace("a", range(10)), namespace("b", range(5))]
-    await reconciler.reconcile(grown)
+    await reconciler.reconcile(group_by_namespace(grown))
     assert hosts_of(gobgpd.rib, 0) == {5, 6, 7, 8, 9}
     gobgpd.rib.clear()  # gobgpd restarted without graceful restart state
     reconciler.invalidate()
-    await reconciler.reconcile(grown)
+    await reconciler.reconcile(group_by_namespace(grown))
     assert hosts_of(gobgpd.rib, 0) == {5, 6, 7, 8, 9} and hosts_of(gobgpd.rib, 1) == {0, 1, 2, 3, 4}

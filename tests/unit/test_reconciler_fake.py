@@ -14,6 +14,7 @@ from agent.endpoints import Endpoint, IpvlanMode
 from agent.gobgp import GobgpRejected, GobgpUnavailable
 from agent.model import Attributes, LargeCommunity, Route
 from agent.reconciler import Reconciler
+from agent.routes import group_by_namespace
 
 from ..fakes import FakeGobgp
 
@@ -47,9 +48,9 @@ def held(fake: FakeGobgp) -> set[str]:
 
 async def reconciled_twice(reconciler: Reconciler, fake: FakeGobgp, endpoints: list[Endpoint]) -> None:
     """Reconcile, then again: the second plan is empty and gobgpd sees no further write."""
-    await reconciler.reconcile(endpoints)
+    await reconciler.reconcile(group_by_namespace(endpoints))
     writes = fake.writes
-    assert (await reconciler.reconcile(endpoints)).empty
+    assert (await reconciler.reconcile(group_by_namespace(endpoints))).empty
     assert fake.writes == writes
 
 
@@ -67,7 +68,7 @@ async def test_adoption_after_restart_keeps_own_withdraws_stale_leaves_foreign()
     fake.rib.update({r.prefix: r for r in (route("10.1.0.2/32"), route("10.1.0.99/32"), route("10.1.0.0/16"),
                                            route("10.9.0.0/24", OTHER), route("10.1.0.7/32", OTHER))})
     reconciler = Reconciler(fake, config())
-    plan = await reconciler.reconcile([endpoint("10.1.0.2/16")])
+    plan = await reconciler.reconcile(group_by_namespace([endpoint("10.1.0.2/16")]))
     assert [str(r.prefix) for r in plan.withdraw] == ["10.1.0.99/32"] and plan.add == ()  # live paths untouched
     assert held(fake) == {"10.1.0.2/32", "10.1.0.0/16"}
     assert {str(p) for p, r in fake.rib.items() if r.owned_by(OTHER)} == {"10.9.0.0/24", "10.1.0.7/32"}
@@ -80,7 +81,7 @@ async def test_drift_repaired_by_rib_check_and_full_read() -> None:
     endpoints = [endpoint("10.1.0.2/16", "10.1.0.3/16")]
     await reconciled_twice(reconciler, fake, endpoints)
     fake.delete_behind_our_back(ipaddress.ip_network("10.1.0.2/32"))
-    assert (await reconciler.reconcile(endpoints)).empty  # unseen until someone looks
+    assert (await reconciler.reconcile(group_by_namespace(endpoints))).empty  # unseen until someone looks
     assert await reconciler.table_moved()
     reconciler.invalidate()
     await reconciled_twice(reconciler, fake, endpoints)
@@ -95,7 +96,7 @@ async def test_stream_broken_at_batch_k_is_repaired_by_the_next_pass(k: int) -> 
     endpoints = [many(35)]
     fake.drop_at_batch = k
     with pytest.raises(GobgpUnavailable):
-        await reconciler.reconcile(endpoints)
+        await reconciler.reconcile(group_by_namespace(endpoints))
     assert len(fake.owned()) == 10 * k  # the batches before k went in, like gobgpd
     assert reconciler.actual is None  # a failed apply forgets: only a fresh read tells the truth
     await reconciled_twice(reconciler, fake, endpoints)
@@ -107,7 +108,7 @@ async def test_rejected_write_changes_nothing_and_is_retried() -> None:
     reconciler = Reconciler(fake, config())
     fake.reject = True
     with pytest.raises(GobgpRejected):
-        await reconciler.reconcile([endpoint("10.1.0.2/16")])
+        await reconciler.reconcile(group_by_namespace([endpoint("10.1.0.2/16")]))
     assert fake.owned() == {} and reconciler.stats.failures == 1
     await reconciled_twice(reconciler, fake, [endpoint("10.1.0.2/16")])
     assert held(fake) == {"10.1.0.2/32", "10.1.0.0/16"}
@@ -127,7 +128,7 @@ async def test_withdraw_all_removes_only_ours() -> None:
     fake = FakeGobgp(OWNER)
     fake.rib[ipaddress.ip_network("10.9.0.0/24")] = route("10.9.0.0/24", OTHER)
     reconciler = Reconciler(fake, config())
-    await reconciler.reconcile([endpoint("10.1.0.2/16")])
+    await reconciler.reconcile(group_by_namespace([endpoint("10.1.0.2/16")]))
     assert await reconciler.withdraw_all() == 2
     assert fake.owned() == {} and len(fake.rib) == 1
 
@@ -146,7 +147,7 @@ async def test_any_start_converges_in_one_pass_and_respects_the_cap(before: Endp
         fake.rib[ipaddress.ip_network(f"10.1.{n // 250}.{n % 250 + 1}/32")] = route(f"10.1.{n // 250}.{n % 250 + 1}/32")
     cfg = config(max_prefixes=cap)
     reconciler = Reconciler(fake, cfg)
-    await reconciler.reconcile([before])
+    await reconciler.reconcile(group_by_namespace([before]))
     kept_before = dict(fake.owned())
     await reconciled_twice(reconciler, fake, [after])
     desired = reconciler.desired
