@@ -359,10 +359,11 @@ class Daemon:
         refused = self.reconciler.stats.refused
         self._publish_pass(endpoints, damped.held, stats, refused)
         return PassResult(
-            endpoints=endpoints, held_down=damped.held, namespaces=stats.namespaces, resyncs=stats.resyncs,
+            endpoints=endpoints, by_namespace=by_namespace, held_down=damped.held, namespaces=stats.namespaces,
+            resyncs=stats.resyncs,
             duration=duration, plan=plan, error=error, error_kind=kind,
             event_latency=None if first_change_at is None or plan is None else time.monotonic() - first_change_at,
-            advertised=frozenset(self.reconciler.actual or {}), refused=refused, refused_before=refused_before,
+            prefix_counts=dict(self.reconciler.prefix_counts), refused=refused, refused_before=refused_before,
             netlink_dropped=stats.dropped,
         )
 

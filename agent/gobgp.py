@@ -19,7 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -27,12 +27,13 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 
 from .gobgpapi import attribute_pb2 as attr_pb
 from .gobgpapi import gobgp_pb2 as api
 from .gobgpapi import gobgp_pb2_grpc as api_grpc
-from .model import Attributes, Community, IPAddress, LargeCommunity, Route
+from .model import Attributes, Community, IPAddress, IPNetwork, LargeCommunity, Route
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,61 @@ def _channel(target: str, tls_ca_file: Path | None, tls_server_name: str | None)
     return grpc.aio.secure_channel(target, credentials, options=options)
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Protobuf wire format of AddPathStreamRequest.paths (field 3, length-delimited) and of Path.is_withdraw (field 5,
+# varint) = true; appended after a serialized Path it sets the flag (the last value of a field wins).
+_PATHS_FIELD = b"\x1a"
+_IS_WITHDRAW = b"\x28\x01"
+
+
+class WireCache:
+    """Each route's Path, built and serialized once, framed as an element of AddPathStreamRequest.paths.
+
+    Measured on 10,000 host routes (host kernel, same run): building Paths 116 ms; a request from kept Path
+    objects 15 ms plus 6 ms to serialize; joining kept framed bytes 1.8 ms. Kept Path objects cost 13.6 MB,
+    the bytes 1.7 MB. So bytes are kept, one entry per prefix (a new route for a prefix replaces the old)."""
+
+    def __init__(self) -> None:
+        self._framed: dict[IPNetwork, tuple[Route, bytes, bytes]] = {}  # prefix -> (route, add, withdraw)
+
+    def framed(self, route: Route, withdraw: bool = False) -> bytes:
+        entry = self._framed.get(route.prefix)
+        if entry is None or (entry[0] is not route and entry[0] != route):
+            path = route_to_path(route).SerializeToString()
+            entry = (route, _PATHS_FIELD + _varint(len(path)) + path,
+                     _PATHS_FIELD + _varint(len(path) + len(_IS_WITHDRAW)) + path + _IS_WITHDRAW)
+            self._framed[route.prefix] = entry
+        return entry[2] if withdraw else entry[1]
+
+    def forget(self, prefixes: Iterable[IPNetwork]) -> None:
+        for prefix in prefixes:
+            self._framed.pop(prefix, None)
+
+    def keep_only(self, version: int, prefixes: Collection[IPNetwork]) -> None:
+        """After a full read of one family: forget the paths of that family gobgpd does not hold (lost in a
+        restart of gobgpd, say), so the cache never outgrows what is advertised."""
+        self._framed = {p: entry for p, entry in self._framed.items() if p.version != version or p in prefixes}
+
+    def __len__(self) -> int:
+        return len(self._framed)
+
+
+def _path_of(framed: bytes) -> api.Path:
+    """The Path inside one framed element (for the unary AddPath/DeletePath)."""
+    start = 1
+    while framed[start] & 0x80:
+        start += 1
+    return api.Path.FromString(framed[start + 1:])
+
+
 class GobgpClient:
     """One channel to gobgpd. Use ``async with GobgpClient(...) as client`` or call ``close()``."""
 
@@ -246,6 +302,11 @@ class GobgpClient:
         self.rpc_timeout = rpc_timeout
         self._channel = _channel(target, tls_ca_file, tls_server_name)
         self._stub = api_grpc.GobgpApiStub(self._channel)
+        # AddPathStream with requests already serialized (joined from the WireCache)
+        self._add_path_stream_raw = self._channel.stream_unary(
+            "/apipb.GobgpApi/AddPathStream", request_serializer=None,
+            response_deserializer=Empty.FromString)
+        self.wire = WireCache()
 
     async def __aenter__(self) -> GobgpClient:
         return self
@@ -280,47 +341,47 @@ class GobgpClient:
                 await asyncio.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, max_backoff)
 
-    def _owned(self, routes: Iterable[Route]) -> list[api.Path]:
-        paths = []
+    def _framed(self, routes: Iterable[Route], withdraw: bool = False) -> list[bytes]:
+        framed = []
         for route in routes:
             if not route.owned_by(self.owner):
                 raise ValueError(f"refusing to write {route.prefix} without the ownership community {self.owner}")
-            paths.append(route_to_path(route))
-        return paths
+            framed.append(self.wire.framed(route, withdraw))
+        return framed
 
     async def add_paths(self, routes: Sequence[Route]) -> None:
         """Add or replace paths: one AddPath for a single route, AddPathStream for a batch."""
-        paths = self._owned(routes)
-        if not paths:
+        framed = self._framed(routes)
+        if not framed:
             return
-        if len(paths) == 1:
+        if len(framed) == 1:
             with _mapped("AddPath"):
-                await self._stub.AddPath(api.AddPathRequest(path=paths[0]), timeout=self.rpc_timeout)
+                await self._stub.AddPath(api.AddPathRequest(path=_path_of(framed[0])), timeout=self.rpc_timeout)
             return
-        await self._stream(paths)
+        await self._stream(framed)
 
-    async def _stream(self, paths: list[api.Path]) -> None:
-        async def requests() -> AsyncIterator[api.AddPathStreamRequest]:
-            for start in range(0, len(paths), STREAM_BATCH):
-                yield api.AddPathStreamRequest(paths=paths[start:start + STREAM_BATCH])
+    async def _stream(self, framed: list[bytes]) -> None:
+        async def requests() -> AsyncIterator[bytes]:
+            for start in range(0, len(framed), STREAM_BATCH):
+                yield b"".join(framed[start:start + STREAM_BATCH])
 
-        batches = -(-len(paths) // STREAM_BATCH)
+        batches = -(-len(framed) // STREAM_BATCH)
         with _mapped("AddPathStream"):  # rpc_timeout per batch: a large table takes long, and that is fine
-            await self._stub.AddPathStream(requests(), timeout=self.rpc_timeout * batches)
+            await self._add_path_stream_raw(requests(), timeout=self.rpc_timeout * batches)
 
     async def delete_paths(self, routes: Sequence[Route]) -> None:
         """Withdraw paths, each by its explicit path (never an empty DeletePath, which wipes them all)."""
-        paths = self._owned(routes)
-        if not paths:
+        framed = self._framed(routes, withdraw=True)
+        if not framed:
             return
-        if len(paths) == 1:
+        if len(framed) == 1:
+            path = _path_of(framed[0])
             with _mapped("DeletePath"):
-                await self._stub.DeletePath(api.DeletePathRequest(family=paths[0].family, path=paths[0]),
+                await self._stub.DeletePath(api.DeletePathRequest(family=path.family, path=path),
                                             timeout=self.rpc_timeout)
-            return
-        for path in paths:
-            path.is_withdraw = True
-        await self._stream(paths)
+        else:
+            await self._stream(framed)
+        self.wire.forget(route.prefix for route in routes)
 
     async def path_count(self, version: int) -> int:
         """How many paths the global table holds for the family: one cheap GetTable. Anyone's: locally added
@@ -355,7 +416,9 @@ class GobgpClient:
         return routes
 
     async def list_owned_paths(self, version: int) -> list[Route]:
-        return [route for route in await self.list_paths(version) if route.owned_by(self.owner)]
+        owned = [route for route in await self.list_paths(version) if route.owned_by(self.owner)]
+        self.wire.keep_only(version, {route.prefix for route in owned})
+        return owned
 
     async def list_peers(self) -> list[PeerInfo]:
         peers = []

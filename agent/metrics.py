@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections import Counter as Tally
+from collections.abc import Mapping, Sequence, Set
 
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -53,6 +54,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self._server: asyncio.AbstractServer | None = None
         self._connections = 0
+        self._endpoint_counts: dict[str, tuple[tuple[Endpoint, ...], Tally[tuple[str, str]]]] = {}
+        self._endpoint_totals: Tally[tuple[str, str]] = Tally()
         self._limits = (MAX_CONNECTIONS, CONNECTION_TIMEOUT)
         self.endpoints = Gauge("ipvlan_bgp_endpoints", "ipvlan L3/L3S endpoints seen", ["mode", "ready"], registry=r)
         self.prefixes = Gauge("ipvlan_bgp_prefixes_advertised", "Prefixes held in gobgpd",
@@ -193,27 +196,36 @@ class Metrics:
             self.resyncs.inc(total - self._resyncs_seen)
             self._resyncs_seen = total
 
-    def observe_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for e in endpoints:
-            key = (e.mode.name, "yes" if e.ready else "no")
-            counts[key] = counts.get(key, 0) + 1
+    def observe_endpoints(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> None:
+        """Counted again only for namespaces whose tuple is new (unchanged namespaces keep theirs, see
+        Discovery.by_namespace), and the totals adjusted by the difference."""
+        cache, totals = self._endpoint_counts, self._endpoint_totals
+        for netns in [n for n in cache if n not in by_namespace]:
+            totals.subtract(cache.pop(netns)[1])
+        for netns, endpoints in by_namespace.items():
+            seen = cache.get(netns)
+            if seen is not None and seen[0] is endpoints:
+                continue
+            counts = Tally((e.mode.name, "yes" if e.ready else "no") for e in endpoints)
+            if seen is not None:
+                totals.subtract(seen[1])
+            totals.update(counts)
+            cache[netns] = (endpoints, counts)
         self.endpoints.clear()
-        for (mode, ready), count in counts.items():
-            self.endpoints.labels(mode=mode, ready=ready).set(count)
+        for (mode, ready), count in totals.items():
+            if count:
+                self.endpoints.labels(mode=mode, ready=ready).set(count)
 
-    def observe_prefixes(self, held: Iterable[IPNetwork]) -> None:
-        counts = {(kind, family): 0 for kind in ("host", "aggregate") for family in ("ipv4", "ipv6")}
-        for prefix in held:
-            kind = "host" if prefix.prefixlen == prefix.max_prefixlen else "aggregate"
-            counts[(kind, f"ipv{prefix.version}")] += 1
-        for (kind, family), count in counts.items():
-            self.prefixes.labels(kind=kind, family=family).set(count)
+    def observe_prefixes(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """``counts``: (host|aggregate, ipv4|ipv6) -> paths of ours in gobgpd."""
+        for kind in ("host", "aggregate"):
+            for family in ("ipv4", "ipv6"):
+                self.prefixes.labels(kind=kind, family=family).set(counts.get((kind, family), 0))
 
     def observe_pass(self, result: PassResult, drift_check: bool = False) -> None:
         """Everything a reconcile pass tells, observed from outside it. ``drift_check``: only a drift check
         (RIB check or periodic full re-read) asked for this pass, so any change it made repaired drift."""
-        self.observe_endpoints(result.endpoints)
+        self.observe_endpoints(result.by_namespace)
         self.held.set(len(result.held_down))
         self.namespaces.set(result.namespaces)
         self.observe_resyncs(result.resyncs)
@@ -230,6 +242,6 @@ class Metrics:
         self.paths_sent.labels(op="withdraw").inc(len(result.plan.withdraw))
         if result.event_latency is not None:
             self.latency.observe(result.event_latency)
-        self.observe_prefixes(result.advertised)
+        self.observe_prefixes(result.prefix_counts)
         self.observe_refusals(result.refused_before, result.refused)
         self.observe_netlink_drops(result.netlink_dropped)

@@ -70,6 +70,7 @@ class Reconciler:
         # gobgpd's path count per family as implied by our last full read and our own changes since.
         self._expected_counts: dict[int, int] | None = None
         self._index: DesiredIndex | None = None
+        self.prefix_counts: dict[tuple[str, str], int] = {}  # (host|aggregate, ipv4|ipv6) -> ours in gobgpd
         # gobgpd holds exactly the index's routes as of the last pass, so the next plan may look at the
         # prefixes that changed since and nothing else.
         self._exact = False
@@ -114,7 +115,14 @@ class Reconciler:
         routes = [*await self.client.list_owned_paths(4), *await self.client.list_owned_paths(6)]
         self.stats.full_reads += 1
         self._expected_counts = counts
+        self.prefix_counts = {}
+        for route in routes:
+            self._count_prefix(route.prefix, +1)
         return {route.prefix: route for route in routes}
+
+    def _count_prefix(self, prefix: IPNetwork, delta: int) -> None:
+        key = ("host" if prefix.prefixlen == prefix.max_prefixlen else "aggregate", f"ipv{prefix.version}")
+        self.prefix_counts[key] = self.prefix_counts.get(key, 0) + delta
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
         desired = desired_routes(endpoints, self.config, self.host_addresses)
@@ -139,7 +147,7 @@ class Reconciler:
             else:
                 p = plan(index.routes, self.actual, self.config.max_prefixes, self.config.namespace_quota,
                          index.owners, self.advertised)
-            desired = self.desired = index.desired()
+            desired = self.desired = index.view()
             self._report_refusals(index, p)
             await self._apply(p, self.actual, desired)
             if not by_changes:
@@ -163,6 +171,7 @@ class Reconciler:
             for route in p.withdraw:
                 if actual.pop(route.prefix, None) is not None:
                     self._counted(route.version, -1)
+                    self._count_prefix(route.prefix, -1)
                 self.advertised.discard(route.prefix)
             _log_routes("withdrew", p.withdraw, desired)
         if p.add:
@@ -170,6 +179,7 @@ class Reconciler:
             for route in p.add:
                 if route.prefix not in actual:  # a re-add with new attributes replaces: the count stays
                     self._counted(route.version, +1)
+                    self._count_prefix(route.prefix, +1)
                 actual[route.prefix] = route
                 self.advertised.add(route.prefix)
             _log_routes("advertised", p.add, desired)

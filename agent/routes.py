@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from .config import Advertise, AgentConfig, AggregateWhen
 from .endpoints import Endpoint
@@ -31,10 +32,10 @@ class Refusal(StrEnum):
 
 @dataclass(frozen=True)
 class Desired:
-    routes: dict[IPNetwork, Route]
-    sources: dict[IPNetwork, tuple[str, ...]]  # prefix -> endpoint labels (or the network's label)
-    refused: dict[IPNetwork, tuple[Refusal, tuple[str, ...]]] = field(default_factory=dict)  # -> (why, who)
-    owners: dict[IPNetwork, str] = field(default_factory=dict)  # host prefix -> the namespace it comes from
+    routes: Mapping[IPNetwork, Route]
+    sources: Mapping[IPNetwork, tuple[str, ...]]  # prefix -> endpoint labels (or the network's label)
+    refused: Mapping[IPNetwork, tuple[Refusal, tuple[str, ...]]] = field(default_factory=dict)  # -> (why, who)
+    owners: Mapping[IPNetwork, str] = field(default_factory=dict)  # host prefix -> the namespace it comes from
 
     @property
     def outside(self) -> dict[IPNetwork, tuple[str, ...]]:
@@ -117,9 +118,15 @@ class DesiredIndex:
         return touched
 
     def desired(self) -> Desired:
-        """An immutable copy of the current outcome."""
+        """A copy of the current outcome."""
         return Desired(routes=dict(self.routes), sources=dict(self.sources), refused=dict(self.refused),
                        owners=dict(self.owners))
+
+    def view(self) -> Desired:
+        """The current outcome as read-only views that follow later updates (no copy: a pass at 10,000 routes
+        would spend more copying than deciding)."""
+        return Desired(routes=MappingProxyType(self.routes), sources=MappingProxyType(self.sources),
+                       refused=MappingProxyType(self.refused), owners=MappingProxyType(self.owners))
 
     def _hold(self, endpoint: Endpoint, delta: int) -> None:
         if not endpoint.ready:

@@ -14,6 +14,7 @@ from .routes import Plan, Refusal
 @dataclass(frozen=True)
 class PassResult:
     endpoints: tuple[Endpoint, ...]
+    by_namespace: Mapping[str, tuple[Endpoint, ...]]  # the same endpoints (unchanged namespaces: the same tuples)
     held_down: tuple[Endpoint, ...]
     namespaces: int
     resyncs: int
@@ -22,7 +23,7 @@ class PassResult:
     error: str | None = None  # the exception's type name when it failed
     error_kind: str = "internal"  # when it failed: the errors_total{kind} label (metrics.ERROR_KINDS)
     event_latency: float | None = None  # first change of the burst -> paths in gobgpd
-    advertised: frozenset[IPNetwork] = frozenset()
+    prefix_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (kind, family) -> in gobgpd
     refused: Mapping[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)  # after the pass, by reason
     refused_before: Mapping[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)
     netlink_dropped: Mapping[str, int] = field(default_factory=dict)  # totals since start, by reason
