@@ -179,9 +179,9 @@ class FakeDiscovery:
 
     def set(self, *endpoints: Endpoint) -> None:
         self.endpoints = tuple(endpoints)
-        self._notify()
+        self.notify()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         for callback in self._callbacks:
             callback()
 
@@ -211,7 +211,7 @@ class FakeDiscovery:
             failure, self.fail_with = self.fail_with, None
             raise failure
         self.synced.set()
-        self._notify()
+        self.notify()
         await asyncio.Event().wait()
 
     async def close(self) -> None:
