@@ -51,6 +51,7 @@ TASK_RESTART_FIRST = 0.5
 TASK_RESTART_MAX = 30.0
 TASK_HEALTHY_AFTER = 60.0  # a task that ran this long before ending starts its backoff afresh
 HEARTBEAT = 1.0  # the loop answers at least this often, idle or inside a pass
+EARLY_PUSH_EVERY = 0.05  # seconds between adds-only pushes while discovery reads the namespaces present at start
 PEER_REFRESH_TIMEOUT = 5.0  # for the ListPeer behind the per-peer metrics
 
 
@@ -91,6 +92,8 @@ class Daemon:
         self.metrics = Metrics()
         self.wakeups = Wakeups()
         self.discovery.subscribe(lambda: self.wakeups.post(Reason.CHANGE))
+        self._read_more = asyncio.Event()  # discovery read something before it was synced
+        self.discovery.subscribe(self._read_more.set)
         self.state = AgentState(gobgp_target=config.gobgp.target)
         self.status_server = StatusServer(lambda: self.state, self.speaker.list_peers, config.status.socket)
         self.failure: str | None = None  # why the agent gave up (exits non-zero)
@@ -240,10 +243,30 @@ class Daemon:
         return task.result()
 
     async def _wait_until_synced(self) -> None:
+        """Until every namespace present at start has been read, push what the namespaces read so far want,
+        adds only (``Reconciler.reconcile(adds_only=True)``): gobgpd fills while discovery still reads."""
         while not self.discovery.synced.is_set() and not self._stopping:
             self._heartbeat = time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.discovery.synced.wait()), HEARTBEAT)
+                await asyncio.wait_for(asyncio.shield(self._read_more.wait()), HEARTBEAT)
+            if self._read_more.is_set() and not self.discovery.synced.is_set() and not self._stopping:
+                await asyncio.sleep(EARLY_PUSH_EVERY)  # let a few more namespaces arrive: one push for them all
+                self._read_more.clear()
+                await self._beating(self._push_early())
+
+    async def _push_early(self) -> None:
+        by_namespace = self.discovery.by_namespace()
+        if not by_namespace:  # nothing yet, or the host's own namespace (its addresses are never ours) unread
+            return
+        damped = self.damper.filter(by_namespace, time.monotonic())
+        try:
+            self.reconciler.host_addresses = self.discovery.host_addresses()
+            plan = await self.reconciler.reconcile(damped.by_namespace, adds_only=True)
+        except Exception as exc:  # the first whole pass does it all again
+            log.debug("early push failed: %s", exc)
+            return
+        if plan.add:
+            log.debug("pushed %d path(s) while namespaces are still being read", len(plan.add))
 
     async def _main_loop(self) -> None:
         await self._wait_until_synced()

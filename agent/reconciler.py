@@ -37,6 +37,7 @@ class ReconcileStats:
     refused_cap: frozenset[IPNetwork] = frozenset()
     refused: dict[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)  # every reason, outside and cap too
     planned_by_changes: int = 0  # passes planned from the changed prefixes alone (the rest: whole-table plans)
+    early_pushes: int = 0  # adds-only pushes at start, while namespaces were still being read
 
 
 LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; each route then goes to debug
@@ -129,10 +130,16 @@ class Reconciler:
         return desired, plan(desired.routes, actual, self.config.max_prefixes, self.config.namespace_quota,
                              desired.owners, self.advertised)
 
-    async def reconcile(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> Plan:
+    async def reconcile(self, by_namespace: Mapping[str, tuple[Endpoint, ...]], adds_only: bool = False) -> Plan:
         """One level-triggered pass: desired from the endpoints of every namespace, diffed against gobgpd, the
         difference applied. While gobgpd is known to hold exactly what we want and no cap binds, only the
-        prefixes that changed are looked at; otherwise the whole table is planned."""
+        prefixes that changed are looked at; otherwise the whole table is planned.
+
+        ``adds_only``: at start, while some namespaces are still being read, push what the ones read so far
+        want and withdraw nothing (a restart must never withdraw what it has not looked at yet); refusals are
+        reported by the first whole pass, and the pass is not counted in ``stats.passes``."""
+        if adds_only:
+            return await self._push_early(by_namespace)
         started = time.perf_counter()
         try:
             if self.actual is None:
@@ -162,6 +169,28 @@ class Reconciler:
         self.stats.withdrawn += len(p.withdraw)
         self.stats.last_pass_at = time.time()
         self.stats.last_duration = time.perf_counter() - started
+        return p
+
+    async def _push_early(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> Plan:
+        try:
+            if self.actual is None:
+                self.actual = await self.read_actual()
+            index = self._current_index()
+            touched = index.update(by_namespace)
+            self._exact = False  # what is withdrawn here is not: the first whole pass plans the whole table
+            if index.within_caps:
+                p = plan_changes(index.routes, self.actual, touched)
+            else:
+                p = plan(index.routes, self.actual, self.config.max_prefixes, self.config.namespace_quota,
+                         index.owners, self.advertised)
+            p = Plan(add=p.add)
+            self.desired = index.view()
+            await self._apply(p, self.actual, self.desired)
+        except BaseException:
+            self.invalidate()
+            raise
+        self.stats.early_pushes += 1
+        self.stats.added += len(p.add)
         return p
 
     async def _apply(self, p: Plan, actual: dict[IPNetwork, Route], desired: Desired) -> None:

@@ -317,3 +317,43 @@ async def test_a_neighbor_an_operator_disabled_stays_down(tmp_path: Path) -> Non
         fake.restart()  # the agent re-pushes and looks for held-back neighbors again, periodically too
         await eventually(lambda: fake.peer_lists >= 3, what="the agent looking at the neighbors")
         assert fake.enabled_with == []
+
+
+class SlowDiscovery(FakeDiscovery):
+    """A discovery that has read some namespaces and is still reading others until ``finish()``."""
+
+    def __init__(self, *endpoints: Endpoint) -> None:
+        super().__init__(endpoints)
+        self._finished = asyncio.Event()
+
+    async def run(self) -> None:
+        self.notify()  # the namespaces read so far
+        await self._finished.wait()
+        self.synced.set()
+        self.notify()
+        await asyncio.Event().wait()
+
+    def finish(self, *endpoints: Endpoint) -> None:
+        self.endpoints = tuple(endpoints)
+        self._finished.set()
+
+
+@pytest.mark.parametrize("quota", [None, 1], ids=["within caps", "a quota binds"])
+async def test_paths_are_pushed_while_namespaces_are_read_and_withdrawn_only_after(tmp_path: Path,
+                                                                                  quota: int | None) -> None:
+    fake = FakeGobgp(OWNER)
+    left_by_a_previous_run = Route(ipaddress.ip_network("10.1.0.9/32"), None, Attributes(large_communities=(OWNER,)))
+    await fake.add_paths([left_by_a_previous_run])
+    discovery = SlowDiscovery(endpoint("10.1.0.2/16", "10.1.0.3/16"))
+    extra = {"max_prefixes_per_namespace": quota} if quota else {}
+    daemon = Daemon(agent_config(tmp_path, **extra), speaker=fake, discovery=discovery)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await eventually(lambda: "10.1.0.2/32" in held(fake), what="the namespace read first, pushed")
+        assert "10.1.0.9/32" in held(fake) and not daemon._ready  # nothing withdrawn before every one is read
+        discovery.finish(endpoint("10.1.0.2/16"))
+        await eventually(lambda: held(fake) == {"10.1.0.2/32", "10.1.0.0/16"}, what="the stale path withdrawn")
+        assert daemon.reconciler.stats.early_pushes >= 1
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
