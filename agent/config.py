@@ -204,6 +204,10 @@ class TimersConfig(_Strict):
                              "did not make triggers a full re-read at once")
     netns_rescan: float = Field(default=10.0, ge=0.1, le=3600,
                                 description="seconds between namespace directory rescans")
+    namespace_interval: float = Field(default=0.1, ge=0, le=5,
+                                      description="a namespace that keeps changing is handled at most once per "
+                                      "this many seconds (its first change after quiet at once), so one "
+                                      "churning container cannot slow every other one's changes")
 
 
 class DampeningConfig(_Strict):

@@ -35,6 +35,7 @@ from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
 from .metrics import Metrics, error_kind
 from .model import IPNetwork
+from .pacing import NamespacePacer
 from .peers import release_held_peers
 from .reconciler import Reconciler
 from .routes import Plan, Refusal
@@ -89,6 +90,7 @@ class Daemon:
         self.speaker = speaker if speaker is not None else wiring.gobgp_client(config)
         self.reconciler = Reconciler(self.speaker, config)
         self.damper = FlapDamper(config.dampening)
+        self.pacer = NamespacePacer(config.timers.namespace_interval)
         self.metrics = Metrics()
         self.wakeups = Wakeups()
         self.discovery.subscribe(lambda: self.wakeups.post(Reason.CHANGE))
@@ -354,9 +356,13 @@ class Daemon:
             self.wakeups.post_in(RETRY_MAX, Reason.PEERS)
 
     async def _pass(self, first_change_at: float | None) -> PassResult:
-        by_namespace = self.discovery.by_namespace()
+        now = time.monotonic()
+        self.pacer.interval = self.config.timers.namespace_interval
+        by_namespace, next_turn = self.pacer.pace(self.discovery.by_namespace(), now)
+        if next_turn is not None:  # a busy namespace held back: its turn comes then
+            self.wakeups.post_in(max(next_turn - now, 0.0) + 0.001, Reason.CHANGE)
         endpoints = flatten(by_namespace)
-        damped = self.damper.filter(by_namespace, time.monotonic())
+        damped = self.damper.filter(by_namespace, now)
         if damped.next_release is not None:
             self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
         for endpoint in set(damped.held) - set(self._held_down):

@@ -9,6 +9,7 @@ actual and enforces the caps with the fair policy documented on ``allocate``.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +18,7 @@ from types import MappingProxyType
 from .config import Advertise, AgentConfig, AggregateWhen
 from .endpoints import Endpoint
 from .model import IPAddress, IPNetwork, Route
+from .netlink_types import IPInterface
 
 
 class Refusal(StrEnum):
@@ -100,10 +102,13 @@ class DesiredIndex:
             old = seen[1] if seen is not None else {}
             new = {endpoint.key: endpoint for endpoint in endpoints}
             for key, endpoint in old.items():
-                if new.get(key) is not endpoint:
+                now = new.get(key)
+                if now is None:
                     self._hold(endpoint, -1)
+                elif now is not endpoint:
+                    self._rehold(endpoint, now)
             for key, endpoint in new.items():
-                if old.get(key) is not endpoint:
+                if key not in old:
                     self._hold(endpoint, +1)
             self._seen[netns] = (endpoints, new)
         touched, self._touched = self._touched, set()
@@ -128,10 +133,20 @@ class DesiredIndex:
         return Desired(routes=MappingProxyType(self.routes), sources=MappingProxyType(self.sources),
                        refused=MappingProxyType(self.refused), owners=MappingProxyType(self.owners))
 
-    def _hold(self, endpoint: Endpoint, delta: int) -> None:
+    def _rehold(self, before: Endpoint, after: Endpoint) -> None:
+        """The same link, changed: only the addresses that came or went, when that is all that changed."""
+        if before.ready and after.ready and before.label == after.label:
+            was, now = Counter(before.addresses), Counter(after.addresses)
+            self._hold(before, -1, (was - now).elements())
+            self._hold(after, +1, (now - was).elements())
+        else:
+            self._hold(before, -1)
+            self._hold(after, +1)
+
+    def _hold(self, endpoint: Endpoint, delta: int, addresses: Iterable[IPInterface] | None = None) -> None:
         if not endpoint.ready:
             return
-        for address in endpoint.addresses:
+        for address in endpoint.addresses if addresses is None else addresses:
             prefix = _host_prefix(address)
             by_namespace = self._holders.setdefault(prefix, {})
             labels = by_namespace.setdefault(endpoint.netns, [])

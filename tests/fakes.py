@@ -190,7 +190,10 @@ class FakeDiscovery:
 
     def by_namespace(self) -> dict[str, tuple[Endpoint, ...]]:
         if self._grouped[0] is not self.endpoints:  # the same tuples while unchanged, as discovery does
-            self._grouped = (self.endpoints, group_by_namespace(self.endpoints))
+            before = self._grouped[1]
+            grouped = {netns: before[netns] if before.get(netns) == found else found
+                       for netns, found in group_by_namespace(self.endpoints).items()}
+            self._grouped = (self.endpoints, grouped)
         return self._grouped[1]
 
     def snapshot(self) -> tuple[Endpoint, ...]:

@@ -196,7 +196,7 @@ def config_text(tmp_path: Path, *, community: str = str(OWNER), target: str = "1
             f'[gobgp]\ntarget = "{target}"\n'
             f'[status]\nsocket = "{status_socket or tmp_path / "agent.sock"}"\n'
             f'[metrics]\nlisten = "{listen}"\n'
-            '[timers]\nsettle = 0.0\n')
+            '[timers]\nsettle = 0.0\nnamespace_interval = 0.0\n')  # next_pass() sees every change
     return text + "".join(f'[[networks]]\nprefix = "{n}"\naggregate_when = "always"\n' for n in networks)
 
 

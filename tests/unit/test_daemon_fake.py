@@ -16,6 +16,7 @@ from agent.config import AgentConfig, parse_config
 from agent.daemon import AgentFailed, Daemon, running
 from agent.endpoints import Endpoint, IpvlanMode
 from agent.model import Attributes, LargeCommunity, Route
+from agent.pacing import BURST
 from agent.systemd import notify
 
 from ..fakes import FakeDiscovery, FakeGobgp
@@ -29,9 +30,11 @@ def agent_config(tmp_path: Path, **extra: Any) -> AgentConfig:
         "uplinks": ["eth0"], "ownership_community": str(OWNER),
         "networks": [{"prefix": "10.1.0.0/16", "advertise": "both"}],
         "status": {"socket": str(tmp_path / "agent.sock")}, "metrics": {"listen": ""},
-        "timers": {"settle": 0.0},
+        # no pacing: these tests change one namespace several times within a pacing interval on a stopped clock
+        "timers": {"settle": 0.0, "namespace_interval": 0.0},
     }
     data.update(extra)
+    data["timers"] = {"namespace_interval": 0.0, **data["timers"]}
     return parse_config(data)
 
 
@@ -357,3 +360,22 @@ async def test_paths_are_pushed_while_namespaces_are_read_and_withdrawn_only_aft
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_a_churning_namespace_waits_its_turn_and_others_do_not_wait_for_it(tmp_path: Path) -> None:
+    def busy(address: str) -> Endpoint:
+        return dataclasses.replace(endpoint(address), netns="/run/netns/busy")
+
+    def quiet(address: str) -> Endpoint:
+        return dataclasses.replace(endpoint(address), netns="/run/netns/quiet")
+    fake, discovery = FakeGobgp(OWNER), FakeDiscovery([busy("10.1.0.2/16"), quiet("10.1.1.2/16")])
+    config = agent_config(tmp_path, timers={"settle": 0.0, "namespace_interval": 2.0})
+    async with running(config, speaker=fake, discovery=discovery) as daemon:
+        for n in range(3, 3 + BURST):  # more changes in a row than a namespace may have handled at once
+            discovery.set(busy(f"10.1.0.{n}/16"), quiet("10.1.1.2/16"))
+            await asyncio.sleep(0.01)
+        discovery.set(busy("10.1.0.99/16"), quiet("10.1.1.3/16"))
+        await eventually(lambda: "10.1.1.3/32" in held(fake), timeout=1.0, what="the quiet namespace's change")
+        assert "10.1.0.99/32" not in held(fake)  # busy: still as at its last turn
+        await eventually(lambda: "10.1.0.99/32" in held(fake), timeout=5.0, what="the busy namespace's next turn")
+        assert daemon.state.healthy and len(held(fake)) == 3
