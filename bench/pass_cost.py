@@ -59,8 +59,9 @@ async def measure(endpoints: int, namespaces: int, changes: int, profile: bool) 
         config = parse_config({
             "uplinks": ["eth0"], "ownership_community": str(OWNER),
             "networks": [{"prefix": "10.0.0.0/9", "advertise": "both"}], "status": {"socket": f"{tmp}/agent.sock"},
-            "metrics": {"listen": ""}, "max_prefixes": 200_000, "timers": {"settle": 0.0},
-            "dampening": {"enabled": False}})  # a change every pass would be a flap
+            "metrics": {"listen": ""}, "max_prefixes": 200_000, "max_prefixes_per_namespace": 200_000,
+            "timers": {"settle": 0.0, "namespace_interval": 0.0},
+            "dampening": {"enabled": False}})  # a change every pass would be a flap, and be paced
         started = time.perf_counter()
         async with running(config, speaker=gobgp, discovery=discovery) as daemon:
             first = time.perf_counter() - started
