@@ -70,12 +70,12 @@ async def measure(endpoints: int, namespaces: int, changes: int, profile: bool) 
             started = time.perf_counter()
             if profile:
                 profiler.enable()
-            base = groups["/run/netns/c0"]
+            unchanged = groups["/run/netns/c0"]
             extras = namespace(0, size, extra=2)[size:]
             for j in range(changes):
                 groups = dict(groups)
                 # one endpoint added or removed; the others keep their objects, as discovery keeps them
-                groups["/run/netns/c0"] = base + extras[:1 + j % 2]
+                groups["/run/netns/c0"] = unchanged + extras[:1 + j % 2]
                 discovery.groups = groups
                 discovery.notify()
                 # a bare yield, not an Event: the loop runs the pass next, and nothing is added to its time
