@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -122,18 +123,21 @@ _READ_ATTRIBUTES: dict[str, type[Message]] = {
 }
 
 
-def path_to_route(path: api.Path) -> Route | None:
-    """Read an API Path back into a Route; None for anything that is not plain IPv4/IPv6 unicast."""
-    nlri = attr_pb.IPAddressPrefix()
-    if not path.nlri.Unpack(nlri):
-        return None
-    prefix = ipaddress.ip_network(f"{nlri.prefix}/{nlri.prefix_len}", strict=False)
+def _prefix(text: str, length: int) -> IPNetwork:
+    # From the packed address: formatting and re-parsing "a.b.c.d/len" costs more than the rest of a path.
+    if ":" in text:
+        return ipaddress.IPv6Network((int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big"), length),
+                                     strict=False)
+    return ipaddress.IPv4Network((int.from_bytes(socket.inet_aton(text), "big"), length), strict=False)
+
+
+def _read_attributes(pattrs: Iterable[AnyPb]) -> tuple[IPAddress | None, Attributes]:
     next_hop: IPAddress | None = None
     communities: list[Community] = []
     large: list[LargeCommunity] = []
     local_pref: int | None = None
     med: int | None = None
-    for packed in path.pattrs:
+    for packed in pattrs:
         kind = _READ_ATTRIBUTES.get(packed.TypeName())
         if kind is None:
             continue
@@ -154,7 +158,31 @@ def path_to_route(path: api.Path) -> Route | None:
                 med = attr.med
     if next_hop is not None and next_hop.is_unspecified:
         next_hop = None
-    return Route(prefix, next_hop, Attributes(tuple(communities), tuple(large), local_pref, med))
+    return next_hop, Attributes(tuple(communities), tuple(large), local_pref, med)
+
+
+_ATTRIBUTE_SETS_KEPT = 4096  # distinct attribute sets remembered while reading (a table has a handful)
+
+
+def path_to_route(path: api.Path, seen: dict[tuple[bytes, ...], tuple[IPAddress | None, Attributes]] | None = None
+                  ) -> Route | None:
+    """Read an API Path back into a Route; None for anything that is not plain IPv4/IPv6 unicast. ``seen``:
+    attribute sets already read (a full table repeats the same few: reading each once is 5x faster)."""
+    nlri = attr_pb.IPAddressPrefix()
+    if not path.nlri.Unpack(nlri):
+        return None
+    prefix = _prefix(nlri.prefix, nlri.prefix_len)
+    if seen is None:
+        next_hop, attributes = _read_attributes(path.pattrs)
+    else:
+        key = tuple(packed.SerializeToString() for packed in path.pattrs)
+        found = seen.get(key)
+        if found is None:
+            if len(seen) >= _ATTRIBUTE_SETS_KEPT:
+                seen.clear()
+            found = seen[key] = _read_attributes(path.pattrs)
+        next_hop, attributes = found
+    return Route(prefix, next_hop, attributes)
 
 
 class GobgpEventKind(Enum):
@@ -395,6 +423,7 @@ class GobgpClient:
         """Every locally originated path of the family (ours and anyone else's), sorted by prefix."""
         request = api.ListPathRequest(table_type=api.GLOBAL, family=_FAMILIES[version])
         routes: list[Route] = []
+        seen: dict[tuple[bytes, ...], tuple[IPAddress | None, Attributes]] = {}
         # No overall deadline (10,000 paths took >30 s in the emulated VM, and a deadline there made every
         # retry fail the same way); instead each reply must come within rpc_timeout of the previous one.
         call = self._stub.ListPath(request)
@@ -406,7 +435,7 @@ class GobgpClient:
                     for path in reply.destination.paths:
                         if path.neighbor_ip and path.neighbor_ip not in ("<nil>", "0.0.0.0", "::"):
                             continue  # learned from a peer, not added through the API
-                        route = path_to_route(path)
+                        route = path_to_route(path, seen)
                         if route is not None:
                             routes.append(route)
             except TimeoutError:
