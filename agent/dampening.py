@@ -57,7 +57,7 @@ class FlapDamper:
             self._retime()
         for netns in [n for n in self._seen if n not in by_namespace]:
             for endpoint in self._seen.pop(netns):
-                self._change((netns, endpoint.ifindex), None, now)
+                self._change((netns, endpoint.ifindex), endpoint.ready, None, now)
         for netns, endpoints in by_namespace.items():
             before = self._seen.get(netns)
             if before is endpoints:
@@ -65,10 +65,11 @@ class FlapDamper:
             self._seen[netns] = endpoints
             signatures: dict[int, Signature] = {e.ifindex: e.ready for e in before} if before else {}
             for endpoint in endpoints:
-                if signatures.pop(endpoint.ifindex, None) != endpoint.ready:
-                    self._change(endpoint.key, endpoint.ready, now)
-            for ifindex in signatures:
-                self._change((netns, ifindex), None, now)
+                was = signatures.pop(endpoint.ifindex, None)
+                if was != endpoint.ready:
+                    self._change(endpoint.key, was, endpoint.ready, now)
+            for ifindex, was in signatures.items():
+                self._change((netns, ifindex), was, None, now)
         self._release_due(now)
         self._expire(now)
         if not self.config.enabled or not self._held:
@@ -83,10 +84,12 @@ class FlapDamper:
         next_release = min((self._history[e.key].last_change + hold_down for e in held), default=None)
         return Damped(allowed, tuple(held), next_release)
 
-    def _change(self, key: Key, signature: Signature, now: float) -> None:
+    def _change(self, key: Key, was: Signature, signature: Signature, now: float) -> None:
+        """Only endpoints that changed within the window (or are held) have a history: a stable one's
+        signature is in ``_seen``, and 10,000 stable endpoints cost nothing here."""
         history = self._history.get(key)
         if history is None:
-            history = self._history[key] = _History(None)
+            history = self._history[key] = _History(was)
         if history.signature == signature:
             return
         cfg = self.config
@@ -99,7 +102,7 @@ class FlapDamper:
             self._held.setdefault(key[0], set()).add(key[1])
         if history.held:
             heapq.heappush(self._releases, (now + cfg.hold_down, key))
-        elif signature is None:
+        else:
             heapq.heappush(self._expiries, (now + cfg.window, key))
 
     def _release_due(self, now: float) -> None:
@@ -110,29 +113,24 @@ class FlapDamper:
                 continue
             if now - history.last_change < self.config.hold_down:
                 continue  # changed again since: a later entry stands for it
-            history.held = False
-            history.changes.clear()  # stable long enough: start counting afresh
-            ifindexes = self._held[key[0]]
+            ifindexes = self._held[key[0]]  # stable long enough: released, and counting starts afresh
             ifindexes.discard(key[1])
             if not ifindexes:
                 del self._held[key[0]]
-            if history.signature is None:
-                del self._history[key]
+            del self._history[key]
 
     def _expire(self, now: float) -> None:
-        """Forget absent endpoints whose last change left the window (memory only: a history with no change
-        in the window behaves as none)."""
+        """Forget histories whose last change left the window (a history with no change in the window behaves
+        as none)."""
         while self._expiries and self._expiries[0][0] <= now:
             _, key = heapq.heappop(self._expiries)
             history = self._history.get(key)
-            if history is not None and history.signature is None and not history.held \
-                    and now - history.last_change >= self.config.window:
+            if history is not None and not history.held and now - history.last_change >= self.config.window:
                 del self._history[key]
 
     def _retime(self) -> None:
         cfg = self._timed_with = self.config
         self._releases = [(h.last_change + cfg.hold_down, key) for key, h in self._history.items() if h.held]
-        self._expiries = [(h.last_change + cfg.window, key) for key, h in self._history.items()
-                          if h.signature is None and not h.held]
+        self._expiries = [(h.last_change + cfg.window, key) for key, h in self._history.items() if not h.held]
         heapq.heapify(self._releases)
         heapq.heapify(self._expiries)
