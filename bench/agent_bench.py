@@ -692,10 +692,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
         panels.append(("noisy neighbour: another namespace at "
                        f"{result['noisy']['rate_per_s']}/s", result["noisy"]["_samples"]))
     churn = result.get("churn", {}).get("add_lag_by_second")
-    if not panels and not churn:
+    sizes = result.get("scale", {}).get("by_size", {})
+    if not panels and not churn and not sizes:
         return
-    fig, axes = plt.subplots(len(panels) + (1 if churn else 0), 1, figsize=(9, 3.2 * (len(panels) + 1)),
-                             squeeze=False)
+    rows = len(panels) + (1 if churn else 0) + (1 if sizes else 0)
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows), squeeze=False)
     for ax, (title, series) in zip(axes[:, 0], panels, strict=False):
         top = max(pct(v, 0.99) for v in series.values() if v) * 1e3 * 1.2
         for label, values in series.items():
@@ -704,6 +705,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("ms (clipped at 1.2x the largest p99)")
         ax.set_ylabel("events")
         ax.set_title(title)
+        ax.legend(fontsize=8)
+    if sizes:
+        ax = axes[len(panels), 0]
+        counts = [int(n) for n in sizes]
+        for key, label in (("agent_start_to_all_s", "agent start -> all in gobgpd (in-process)"),
+                           ("process_exec_to_all_s", "`ipvlan-bgp run` exec -> all in gobgpd"),
+                           ("bare_stream_s", "bare AddPathStream of the same paths")):
+            ax.plot(counts, [sizes[str(n)][key] for n in counts], marker="o", label=label)
+        ax.set_xlabel("endpoints present at start")
+        ax.set_ylabel("s")
+        ax.set_title("start-up time vs endpoint count")
         ax.legend(fontsize=8)
     if churn:
         ax = axes[-1, 0]
@@ -753,8 +765,9 @@ async def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         return await bench_latency(args.events, args.rounds, tuple(args.others))
     if name == "tor":
         return await bench_tor(args.tor_samples)
-    if name == "scale":
-        return await bench_scale(args.scale, args.profile)
+    if name == "scale":  # the largest size is "the" scale figure; every size goes into the start-up plot
+        by_size = {str(size): await bench_scale(size, args.profile) for size in sorted(args.scale)}
+        return {**by_size[str(max(args.scale))], "by_size": by_size}
     if name == "churn":
         return await bench_churn(args.churn_rate, args.churn_seconds, 100, args.churn_pool)
     if name == "noisy":
@@ -771,7 +784,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds per count of other endpoints")
     parser.add_argument("--others", type=int, nargs="+", default=[0, 1000, 10_000],
                         help="other endpoints present during the latency rounds")
-    parser.add_argument("--scale", type=int, default=10_000)
+    parser.add_argument("--scale", type=int, nargs="+", default=[1000, 5000, 10_000],
+                        help="endpoint counts at start (the largest is the headline figure)")
     parser.add_argument("--churn-rate", type=int, default=1000)
     parser.add_argument("--churn-seconds", type=float, default=60.0)
     parser.add_argument("--churn-pool", type=int, default=2000, help="addresses present before the churn")
