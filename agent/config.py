@@ -162,6 +162,9 @@ class NetworkConfig(_Strict):
     name: str = Field(default="", max_length=64)
     advertise: Advertise = Advertise.BOTH
     aggregate_when: AggregateWhen = AggregateWhen.USED
+    anycast: bool = Field(default=False, description="service addresses that may be held by containers on "
+                          "several hosts, and by several namespaces on one host: each host that has one "
+                          "advertises its /32 (/128) once, and the routers spread flows over them (ECMP)")
     communities: tuple[CommunityValue, ...] = ()
     large_communities: tuple[LargeCommunityValue, ...] = ()
     local_pref: U32 | None = None
@@ -172,6 +175,10 @@ class NetworkConfig(_Strict):
         if self.prefix.prefixlen < MIN_PREFIXLEN[self.prefix.version]:
             raise ValueError(f"{self.prefix} is wider than /{MIN_PREFIXLEN[self.prefix.version]}: it would let "
                              "nearly any address through the allow-list (a container could claim any address)")
+        if self.anycast and self.advertise == Advertise.AGGREGATE:
+            raise ValueError("anycast = true needs host routes (advertise = \"host\" or \"both\"): it decides "
+                             "how an address held by several namespaces is advertised as a host route, and "
+                             "advertise = \"aggregate\" sends none")
         for excluded in self.exclude:
             if excluded.version != self.prefix.version or not excluded.subnet_of(self.prefix):  # type: ignore[arg-type]
                 raise ValueError(f"exclude {excluded} is not inside {self.prefix}")

@@ -219,7 +219,8 @@ class Reconciler:
             Refusal.OUTSIDE: "outside every configured network",
             Refusal.EXCLUDED: "in an `exclude` prefix of its network",
             Refusal.HOST_ADDRESS: "an address of this host (or a configured next hop)",
-            Refusal.DUPLICATE: "claimed from more than one namespace, advertised for none until unique",
+            Refusal.DUPLICATE: "claimed from more than one namespace (not an anycast network), advertised for none "
+                               "until unique",
         }
         now: dict[Refusal, frozenset[IPNetwork]] = {reason: frozenset(index.refused_by_reason[reason])
                                                     for reason in why}

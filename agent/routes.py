@@ -2,8 +2,8 @@
 
 ``desired_routes`` applies the allow-list (only addresses inside a configured network and outside its
 ``exclude`` prefixes are advertised), address ownership (never an address of the host itself; never an
-address claimed from two namespaces) and the per-network advertise mode; ``plan`` diffs desired against
-actual and enforces the caps with the fair policy documented on ``allocate``.
+address claimed from two namespaces, unless its network is ``anycast``) and the per-network advertise mode;
+``plan`` diffs desired against actual and enforces the caps with the fair policy documented on ``allocate``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Desired:
     sources: Mapping[IPNetwork, tuple[str, ...]]  # prefix -> endpoint labels (or the network's label)
     refused: Mapping[IPNetwork, tuple[Refusal, tuple[str, ...]]] = field(default_factory=dict)  # -> (why, who)
     owners: Mapping[IPNetwork, str] = field(default_factory=dict)  # host prefix -> the namespace it comes from
+    # (anycast, several: the first by name)
 
     @property
     def outside(self) -> dict[IPNetwork, tuple[str, ...]]:
@@ -61,8 +62,10 @@ class DesiredIndex:
 
     The rules: an address is advertised as a host route (per its network's ``advertise``) when it is inside a
     configured network, outside that network's ``exclude`` prefixes, not an address of the host itself (nor a
-    configured next hop), and held from one namespace only. A network's aggregate is advertised when its
-    ``aggregate_when`` says so. ``desired_routes`` is the same index built from scratch."""
+    configured next hop), and held from one namespace only, or from any number in an ``anycast`` network (one
+    route then, its sources every holder, counted under the quota of the first namespace by name). A
+    network's aggregate is advertised when its ``aggregate_when`` says so. ``desired_routes`` is the same index
+    built from scratch."""
 
     def __init__(self, config: AgentConfig, host_addresses: Collection[IPAddress] = ()) -> None:
         self.config = config
@@ -72,6 +75,7 @@ class DesiredIndex:
         self._next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
         self._own = {*self.host_addresses, *(hop for hop in self._next_hop.values() if hop is not None)}
         self._networks = {network.prefix: network for network in config.networks}
+        self._anycast = {network.prefix for network in config.networks if network.anycast}
         self._seen: dict[str, tuple[tuple[Endpoint, ...], dict[tuple[str, int], Endpoint]]] = {}
         self._holders: dict[IPNetwork, dict[str, list[str]]] = {}  # host prefix -> namespace -> endpoint labels
         self._verdict: dict[IPNetwork, tuple[IPNetwork | None, Refusal | None]] = {}  # -> (network, reason)
@@ -194,7 +198,7 @@ class DesiredIndex:
             return changed_network if changed_network is not None else self._network_prefix_itself(prefix)
         labels = tuple(sorted({label for found in by_namespace.values() for label in found}))
         network_prefix, reason = self._judge(prefix)
-        if reason is None and len(by_namespace) > 1:
+        if reason is None and len(by_namespace) > 1 and network_prefix not in self._anycast:
             reason = Refusal.DUPLICATE
         if reason is not None:
             self.refused[prefix] = (reason, labels)
@@ -205,7 +209,7 @@ class DesiredIndex:
         self._used[network_prefix] = self._used.get(network_prefix, 0) + 1
         network = self._networks[network_prefix]
         if network.advertise in (Advertise.HOST, Advertise.BOTH):
-            (owner,) = by_namespace
+            owner = min(by_namespace)  # one holder, or (anycast) several: the first by name counts it
             self.routes[prefix] = Route(prefix, self._next_hop[prefix.version], self._attributes[network_prefix])
             self.sources[prefix] = labels
             self.owners[prefix] = owner

@@ -30,7 +30,9 @@ def config(**extra: Any) -> AgentConfig:
                      {"prefix": "10.2.0.0/24", "advertise": "aggregate"},
                      {"prefix": "10.3.0.0/24", "advertise": "host"},
                      {"prefix": "10.4.0.0/24", "advertise": "both", "aggregate_when": "always"},
-                     {"prefix": "10.5.0.7/32", "advertise": "both"}]}
+                     {"prefix": "10.5.0.7/32", "advertise": "both"},
+                     {"prefix": "10.6.0.0/24", "advertise": "both", "anycast": True, "exclude": ["10.6.0.128/30"]},
+                     {"prefix": "10.7.0.0/24", "advertise": "host", "anycast": True}]}
     data.update(extra)
     return parse_config(data)
 
@@ -61,16 +63,16 @@ def whole_table_desired(endpoints: Iterable[Endpoint], config: AgentConfig,
     owners: dict[IPNetwork, str] = {}
     for host, by_namespace in claims.items():
         labels = [label for found in by_namespace.values() for label in found]
-        if len(by_namespace) > 1:
-            refused[host] = (Refusal.DUPLICATE, labels)
-            continue
         network = config.network_for(host.network_address)
         assert network is not None
+        if len(by_namespace) > 1 and not network.anycast:
+            refused[host] = (Refusal.DUPLICATE, labels)
+            continue
         used.add(network.prefix)
         if network.advertise in (Advertise.HOST, Advertise.BOTH):
             routes[host] = Route(host, next_hop[host.version], attributes[network.prefix])
             sources[host] = labels
-            (owners[host],) = by_namespace
+            owners[host] = sorted(by_namespace)[0]  # anycast: counted for the first holder by name
     for network in config.networks:
         if network.advertise == Advertise.HOST:
             continue
@@ -82,7 +84,8 @@ def whole_table_desired(endpoints: Iterable[Endpoint], config: AgentConfig,
                    refused={p: (why, tuple(sorted(set(s)))) for p, (why, s) in refused.items()}, owners=owners)
 
 
-ADDRESSES = [f"10.{n}.0.{h}/24" for n in (1, 2, 3, 4) for h in (1, 2, 3, 129, 250)] + ["10.5.0.7/32", "10.9.0.1/24"]
+ADDRESSES = [f"10.{n}.0.{h}/24" for n in (1, 2, 3, 4, 6, 7) for h in (1, 2, 3, 129, 250)] + ["10.5.0.7/32",
+                                                                                           "10.9.0.1/24"]
 NAMESPACES = ["", "/run/netns/a", "/run/netns/b", "/run/netns/c"]
 
 # one event: (namespace, ifindex, ready, addresses) sets that endpoint; addresses None removes it
