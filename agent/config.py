@@ -226,6 +226,18 @@ class DampeningConfig(_Strict):
                              description="seconds of stability needed to advertise again")
 
 
+class DrainConfig(_Strict):
+    withdraw_after: float = Field(default=0.0, ge=0, le=86_400, description="seconds after `ipvlan-bgp drain` "
+                                  "to withdraw every path (0: never; the paths stay with GRACEFUL_SHUTDOWN)")
+    state_file: Path = Path("/var/lib/ipvlan-bgp/drained")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> Self:
+        if not self.state_file.is_absolute():
+            raise ValueError(f"state_file {str(self.state_file)!r} must be an absolute path")
+        return self
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -266,6 +278,7 @@ class AgentConfig(_Strict):
     next_hop: NextHopConfig = NextHopConfig()
     timers: TimersConfig = TimersConfig()
     dampening: DampeningConfig = DampeningConfig()
+    drain: DrainConfig = DrainConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     status: StatusConfig = StatusConfig()

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import Advertise, AgentConfig, AggregateWhen, parse_config
+from agent.drain import drained_attributes
 from agent.endpoints import Endpoint, IpvlanMode
 from agent.model import IPAddress, IPNetwork, LargeCommunity, Route
 from agent.reconciler import Reconciler
@@ -38,13 +39,15 @@ def config(**extra: Any) -> AgentConfig:
 
 
 def whole_table_desired(endpoints: Iterable[Endpoint], config: AgentConfig,
-                        host_addresses: Collection[IPAddress] = ()) -> Desired:
+                        host_addresses: Collection[IPAddress] = (), drained: bool = False) -> Desired:
     """The previous desired_routes, which walked every endpoint on every pass: the reference."""
     routes: dict[IPNetwork, Route] = {}
     sources: dict[IPNetwork, list[str]] = {}
     refused: dict[IPNetwork, tuple[Refusal, list[str]]] = {}
     claims: dict[IPNetwork, dict[str, list[str]]] = {}
     attributes = {network.prefix: network.attributes(config.ownership_community) for network in config.networks}
+    if drained:
+        attributes = {prefix: drained_attributes(a) for prefix, a in attributes.items()}
     next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
     own = {*host_addresses, *(hop for hop in next_hop.values() if hop is not None)}
     for endpoint in endpoints:
@@ -125,17 +128,20 @@ def test_the_index_agrees_with_the_whole_table_derivation_after_every_update(seq
 
 
 @settings(max_examples=150, deadline=None)
-@given(sequence=sequences, quota=st.sampled_from([None, 1, 3]), cap=st.sampled_from([1000, 6]))
+@given(sequence=sequences, quota=st.sampled_from([None, 1, 3]), cap=st.sampled_from([1000, 6]),
+       drains=st.lists(st.booleans(), min_size=1, max_size=25))
 async def test_plans_by_changes_leave_gobgpd_as_a_whole_table_plan_would(sequence: list[list[Any]],
-                                                                        quota: int | None, cap: int) -> None:
+                                                                        quota: int | None, cap: int,
+                                                                        drains: list[bool]) -> None:
     cfg = config(max_prefixes=cap, max_prefixes_per_namespace=quota or 1000)
     fake = FakeGobgp(OWNER)
     reconciler = Reconciler(fake, cfg)
     reconciler.host_addresses = frozenset({HOST})
     present: dict[tuple[str, int], Endpoint] = {}
-    for batch in sequence:
+    for i, batch in enumerate(sequence):
+        reconciler.drained = drains[i % len(drains)]  # drained or undrained between the changes
         await reconciler.reconcile(apply_events(present, batch))
-        desired = whole_table_desired(present.values(), cfg, {HOST})
+        desired = whole_table_desired(present.values(), cfg, {HOST}, reconciler.drained)
         held = {prefix: route for prefix, route in fake.rib.items() if route.owned_by(OWNER)}
         assert plan(desired.routes, held, cap, cfg.namespace_quota, desired.owners, reconciler.advertised).empty
 
