@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re as stdlib_re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,24 @@ def test_schema_rejects_a_broken_topology() -> None:
 def test_semantic_errors(data: dict[str, Any], message: str, tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match=stdlib_re.escape(message)):
         parse_topology(data, tmp_path / "t.clab.yml")
+
+
+FRR_CONFIGS = sorted((REPO / "containerlab").glob("*/frr.conf"))
+
+
+@pytest.mark.skipif(shutil.which("vtysh") is None, reason="FRR's vtysh is not installed")
+@pytest.mark.parametrize("path", FRR_CONFIGS, ids=lambda p: p.parent.name)
+def test_frr_accepts_the_shipped_router_configs(path: Path) -> None:
+    out = subprocess.run(["vtysh", "--dryrun", "-f", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("path", FRR_CONFIGS, ids=lambda p: p.parent.name)
+def test_every_router_honours_graceful_shutdown_on_every_ebgp_session(path: Path) -> None:
+    """RFC 8326 receivers: each neighbor's inbound route-map lowers local-preference for 65535:0."""
+    text = path.read_text()
+    neighbors = set(stdlib_re.findall(r"^ neighbor (\S+) remote-as", text, stdlib_re.M))
+    neighbors |= set(stdlib_re.findall(r"^ neighbor (\S+) interface remote-as", text, stdlib_re.M))
+    assert neighbors
+    assert neighbors == set(stdlib_re.findall(r"^  neighbor (\S+) route-map honour-gshut in", text, stdlib_re.M))
+    assert "permit graceful-shutdown" in text and " set local-preference 0" in text
