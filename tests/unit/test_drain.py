@@ -82,6 +82,15 @@ async def test_withdraw_after_takes_every_path_away_and_undrain_brings_them_back
         assert GRACEFUL_SHUTDOWN not in {c for found in communities(fake).values() for c in found}
 
 
+async def test_a_reload_that_sets_withdraw_after_applies_to_the_drain_in_force(tmp_path: Path) -> None:
+    fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
+    async with running(agent_config(tmp_path), speaker=fake, discovery=discovery) as daemon:
+        daemon.set_drained(True)
+        await eventually(lambda: all(GRACEFUL_SHUTDOWN in c for c in communities(fake).values()), what="drained")
+        assert daemon.reload(agent_config(tmp_path, withdraw_after=0.1))
+        await eventually(lambda: not communities(fake), what="withdrawn after the reloaded withdraw_after")
+
+
 async def test_a_restarted_agent_stays_drained(tmp_path: Path) -> None:
     fake, discovery = FakeGobgp(OWNER), FakeDiscovery([endpoint("10.1.0.2/16")])
     config = agent_config(tmp_path)

@@ -129,19 +129,23 @@ def test_the_index_agrees_with_the_whole_table_derivation_after_every_update(seq
 
 @settings(max_examples=150, deadline=None)
 @given(sequence=sequences, quota=st.sampled_from([None, 1, 3]), cap=st.sampled_from([1000, 6]),
-       drains=st.lists(st.booleans(), min_size=1, max_size=25))
+       drains=st.lists(st.sampled_from(["no", "drained", "withdrawn"]), min_size=1, max_size=25))
 async def test_plans_by_changes_leave_gobgpd_as_a_whole_table_plan_would(sequence: list[list[Any]],
                                                                         quota: int | None, cap: int,
-                                                                        drains: list[bool]) -> None:
+                                                                        drains: list[str]) -> None:
     cfg = config(max_prefixes=cap, max_prefixes_per_namespace=quota or 1000)
     fake = FakeGobgp(OWNER)
     reconciler = Reconciler(fake, cfg)
     reconciler.host_addresses = frozenset({HOST})
     present: dict[tuple[str, int], Endpoint] = {}
     for i, batch in enumerate(sequence):
-        reconciler.drained = drains[i % len(drains)]  # drained or undrained between the changes
+        drain = drains[i % len(drains)]  # drained, withdrawn or undrained between the changes
+        reconciler.drained, reconciler.withdrawn = drain != "no", drain == "withdrawn"
         await reconciler.reconcile(apply_events(present, batch))
         desired = whole_table_desired(present.values(), cfg, {HOST}, reconciler.drained)
+        if reconciler.withdrawn:
+            assert not fake.owned()
+            continue
         held = {prefix: route for prefix, route in fake.rib.items() if route.owned_by(OWNER)}
         assert plan(desired.routes, held, cap, cfg.namespace_quota, desired.owners, reconciler.advertised).empty
 
