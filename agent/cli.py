@@ -316,8 +316,9 @@ async def _plan(config: AgentConfig) -> tuple[Desired, Plan]:
     seen = await _discover(config)
     _warn_missing_uplinks(seen.missing_uplinks)
     async with wiring.gobgp_client(config) as client:
-        await client.connect(config.gobgp.connect_timeout)
+        info = await client.connect(config.gobgp.connect_timeout)
         reconciler = Reconciler(client, config)
+        reconciler.local_as = info.asn
         reconciler.host_addresses = seen.host_addresses
         drain = load_drain(config.drain.state_file, config.drain.withdraw_after)  # as the running agent has it
         reconciler.drained, reconciler.withdrawn = drain.drained, drain.withdrawn()

@@ -230,6 +230,8 @@ class DrainConfig(_Strict):
     withdraw_after: float = Field(default=0.0, ge=0, le=86_400, description="seconds after `ipvlan-bgp drain` "
                                   "to withdraw every path (0: never; the paths stay with GRACEFUL_SHUTDOWN)")
     state_file: Path = Path("/var/lib/ipvlan-bgp/drained")
+    as_path_prepend: int = Field(default=0, ge=0, le=8, description="while drained, put gobgpd's AS this many "
+                                 "more times on each path's AS_PATH (for routers that ignore GRACEFUL_SHUTDOWN)")
 
     @model_validator(mode="after")
     def _absolute(self) -> Self:

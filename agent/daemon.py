@@ -232,7 +232,8 @@ class Daemon:
     async def _connect(self) -> None:
         timeout = self.config.gobgp.connect_timeout
         try:
-            await self._beating(asyncio.wait_for(self.speaker.connect(timeout), timeout + 1))
+            info = await self._beating(asyncio.wait_for(self.speaker.connect(timeout), timeout + 1))
+            self.reconciler.local_as = info.asn  # for drain.as_path_prepend
         except (GobgpError, TimeoutError) as exc:
             log.error("gobgpd did not answer within connect_timeout: %s; waiting for it", exc)
             self._set_health(False, f"gobgpd unreachable at {self.config.gobgp.target}")
@@ -421,6 +422,8 @@ class Daemon:
         error: str | None = None
         kind = "internal"
         try:
+            if self.reconciler.local_as is None and self.config.drain.as_path_prepend:  # gobgpd was down at start
+                self.reconciler.local_as = (await self.speaker.connect(self.config.gobgp.connect_timeout)).asn
             self.reconciler.host_addresses = self.discovery.host_addresses()
             plan = await self.reconciler.reconcile(damped.by_namespace)
         except Exception as exc:  # any failure costs a retry, never the loop

@@ -3,7 +3,9 @@
 Draining re-announces every path with the GRACEFUL_SHUTDOWN community (65535:0); routers that honour it
 (the shipped FRR configs: a route-map setting local-preference 0 on receipt, as RFC 8326 asks receivers)
 prefer any other path to the same prefix (an anycast address served from another host, an aggregate from
-another rack) while this host's paths stay usable until the others have taken over. Optionally, after
+another rack) while this host's paths stay usable until the others have taken over. With
+``drain.as_path_prepend = N`` the host's AS (gobgpd's) is also put N more times on each path's AS_PATH, for routers
+that ignore the community. Optionally, after
 ``drain.withdraw_after`` seconds, every path is withdrawn. Undrain restores the paths as configured.
 
 The drain is kept in ``drain.state_file`` (under systemd's StateDirectory), so an agent restarted while
@@ -27,8 +29,10 @@ log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN = Community(65535, 0)  # RFC 8326, the well-known GRACEFUL_SHUTDOWN community
 
 
-def drained_attributes(attributes: Attributes) -> Attributes:
-    return dataclasses.replace(attributes, communities=(*attributes.communities, GRACEFUL_SHUTDOWN))
+def drained_attributes(attributes: Attributes, prepend: tuple[int, ...] = ()) -> Attributes:
+    """``prepend``: ASNs put on the AS_PATH (gobgpd adds its own AS in front on export to an eBGP peer)."""
+    return dataclasses.replace(attributes, communities=(*attributes.communities, GRACEFUL_SHUTDOWN),
+                               as_path=(*prepend, *attributes.as_path))
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ class Reconciler:
         # Graceful drain (agent/drain.py), set by the owner: every path with GRACEFUL_SHUTDOWN; withdrawn: none.
         self.drained = False
         self.withdrawn = False
+        self.local_as: int | None = None  # gobgpd's AS (set by the owner): drain.as_path_prepend repeats it
 
     async def table_moved(self) -> bool:
         """Cheap drift check, two GetTable calls: do gobgpd's path counts differ from what our last full read
@@ -109,11 +110,16 @@ class Reconciler:
         """The index for the current config and host addresses; a new one (and a whole-table plan) when
         either changed."""
         index = self._index
+        prepend = self._prepend()
         if index is None or index.config is not self.config or index.host_addresses != self.host_addresses \
-                or index.drained != self.drained:
-            index = self._index = DesiredIndex(self.config, self.host_addresses, self.drained)
+                or index.drained != self.drained or index.prepend != prepend:
+            index = self._index = DesiredIndex(self.config, self.host_addresses, self.drained, prepend)
             self._exact = False
         return index
+
+    def _prepend(self) -> tuple[int, ...]:
+        times = self.config.drain.as_path_prepend
+        return (self.local_as,) * times if self.drained and times and self.local_as else ()
 
     async def read_actual(self) -> dict[IPNetwork, Route]:
         counts = await self._path_counts()  # before listing: a change made during the listing shows up later
@@ -130,7 +136,7 @@ class Reconciler:
         self.prefix_counts[key] = self.prefix_counts.get(key, 0) + delta
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
-        desired = desired_routes(endpoints, self.config, self.host_addresses, self.drained)
+        desired = desired_routes(endpoints, self.config, self.host_addresses, self.drained, self._prepend())
         wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else desired.routes
         return desired, plan(wanted, actual, self.config.max_prefixes, self.config.namespace_quota,
                              desired.owners, self.advertised)

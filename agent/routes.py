@@ -68,15 +68,16 @@ class DesiredIndex:
     network's aggregate is advertised when its ``aggregate_when`` says so. ``desired_routes`` is the same index
     built from scratch."""
 
-    def __init__(self, config: AgentConfig, host_addresses: Collection[IPAddress] = (), drained: bool = False
-                 ) -> None:
+    def __init__(self, config: AgentConfig, host_addresses: Collection[IPAddress] = (), drained: bool = False,
+                 prepend: tuple[int, ...] = ()) -> None:
         self.config = config
         self.host_addresses = frozenset(host_addresses)
         self.drained = drained  # every route carries GRACEFUL_SHUTDOWN (agent/drain.py)
+        self.prepend = prepend  # and, drained, this AS_PATH
         self._attributes = {network.prefix: network.attributes(config.ownership_community)
                             for network in config.networks}
         if drained:
-            self._attributes = {prefix: drained_attributes(a) for prefix, a in self._attributes.items()}
+            self._attributes = {prefix: drained_attributes(a, prepend) for prefix, a in self._attributes.items()}
         self._next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
         self._own = {*self.host_addresses, *(hop for hop in self._next_hop.values() if hop is not None)}
         self._networks = {network.prefix: network for network in config.networks}
@@ -267,10 +268,11 @@ def group_by_namespace(endpoints: Iterable[Endpoint]) -> dict[str, tuple[Endpoin
 
 
 def desired_routes(endpoints: Iterable[Endpoint], config: AgentConfig,
-                   host_addresses: Collection[IPAddress] = (), drained: bool = False) -> Desired:
+                   host_addresses: Collection[IPAddress] = (), drained: bool = False,
+                   prepend: tuple[int, ...] = ()) -> Desired:
     """``host_addresses``: every address of the host's own interfaces (discovery's own namespace); they and
     the configured next hops are never advertised from an endpoint."""
-    index = DesiredIndex(config, host_addresses, drained)
+    index = DesiredIndex(config, host_addresses, drained, prepend)
     index.update(group_by_namespace(endpoints))
     return index.desired()
 

@@ -12,6 +12,7 @@ from ipvlan_bgp_lab.gobgpd import Gobgpd
 
 from agent.cli import main
 from agent.daemon import running
+from agent.wakeups import Reason
 
 from ..helpers import eventually
 from .test_daemon import agent_config
@@ -59,3 +60,29 @@ async def test_drain_and_undrain_in_gobgpds_rib(gobgpd: Gobgpd, tmp_path: Path,
 
 async def _cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))  # the CLI runs its own event loop
+
+
+def as_paths_in_rib(gobgpd: Gobgpd) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for prefix, paths in json.loads(gobgpd.cli("global", "rib", "-a", "ipv4", "-j") or "{}").items():
+        for path in paths:
+            found[prefix] = [asn for attribute in path.get("attrs", []) if attribute.get("type") == 2  # AS_PATH
+                             for segment in attribute["as_paths"] for asn in segment["asns"]]
+    return found
+
+
+async def test_as_path_prepend_in_gobgpds_rib_and_exact_after_a_full_read(gobgpd: Gobgpd, tmp_path: Path) -> None:
+    config = agent_config(gobgpd, tmp_path, drain={"state_file": str(tmp_path / "drained"), "as_path_prepend": 2})
+    async with running(config) as daemon:
+        assert as_paths_in_rib(gobgpd) == {"10.1.100.0/24": []}
+        daemon.set_drained(True)
+        await eventually(lambda: as_paths_in_rib(gobgpd) == {"10.1.100.0/24": [65001, 65001]},
+                         what="gobgpd's AS twice on the drained path")
+        # what gobgpd gives back reads as what the agent wrote: a full re-read sends nothing
+        stats = daemon.reconciler.stats
+        added, reads, passes = stats.added, stats.full_reads, stats.passes
+        daemon.wakeups.post(Reason.FULL_READ)
+        await eventually(lambda: stats.full_reads > reads and stats.passes > passes, what="a full re-read")
+        assert stats.added == added
+        daemon.set_drained(False)
+        await eventually(lambda: as_paths_in_rib(gobgpd) == {"10.1.100.0/24": []}, what="AS_PATH gone again")

@@ -134,3 +134,21 @@ def test_drain_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["drain", "--socket", str(tmp_path / "none.sock")]) == 3
     assert main(["undrain", "--socket", str(tmp_path / "none.sock")]) == 3
     assert "cannot reach the agent" in capsys.readouterr().err
+
+
+async def test_as_path_prepend_puts_gobgpds_as_on_drained_paths_only() -> None:
+    cfg = parse_config({"uplinks": ["eth0"], "ownership_community": str(OWNER),
+                        "networks": [{"prefix": "10.1.0.0/16", "advertise": "host"}],
+                        "drain": {"as_path_prepend": 2, "state_file": "/nonexistent/drained"}})
+    fake = FakeGobgp(OWNER)
+    reconciler = Reconciler(fake, cfg)
+    by_namespace = {"/run/netns/c1": (endpoint("10.1.0.2/16"),)}
+    reconciler.drained = True
+    await reconciler.reconcile(by_namespace)
+    assert [r.attributes.as_path for r in fake.owned().values()] == [()]  # gobgpd's AS not known yet: none
+    reconciler.local_as = 65001
+    p = await reconciler.reconcile(by_namespace)
+    assert [r.attributes.as_path for r in p.add] == [(65001, 65001)]
+    reconciler.drained = False
+    p = await reconciler.reconcile(by_namespace)
+    assert [r.attributes.as_path for r in p.add] == [()]
