@@ -2,7 +2,8 @@
 embedded lab without its ipvlan containers, so the spine, the leaves, each host's gobgpd and agent run with the
 shipped configs. An anycast /32 put into the gobgpd of three hosts (as their agents would) must reach the
 spine and leaf1 as ECMP; GRACEFUL_SHUTDOWN on one host's path must take that host out of leaf1's next hops, on
-both of leaf1's hosts also take leaf1 out of the spine's, and its removal must bring them back."""
+both of leaf1's hosts also take leaf1 out of the spine's (and leaf1 sends it up to the spine), and its removal
+must bring them back."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 ANYCAST = ipaddress.ip_network("10.99.0.10/32")
 # Not any agent's ownership community: the agents leave these paths alone, as an operator's.
 TEST_OWNER = LargeCommunity(65535, 4242, 99)
-HOP = {"host1": "192.0.2.10", "host2": "192.0.2.14", "host3": "192.0.2.18", "leaf1": "192.0.2.2", "leaf2": "192.0.2.6"}
+HOP = {"spine": "192.0.2.1", "leaf1": "192.0.2.2", "leaf2": "192.0.2.6",
+       "host1": "192.0.2.10", "host2": "192.0.2.14", "host3": "192.0.2.18"}
 
 pytestmark = pytest.mark.skipif(not Path("/usr/lib/frr/bgpd").exists(), reason="FRR is not installed")
 
@@ -95,7 +97,9 @@ async def test_anycast_ecmp_through_the_fabric_and_graceful_shutdown(lab: Embedd
 
     await gobgpds["host2"].add_paths([route(True)])  # both of leaf1's hosts drained: the community travels up
     await eventually(lambda: hops(lab, "spine") == {HOP["leaf2"]}, what="leaf1 out of the spine's next hops")
-    assert hops(lab, "leaf1") == {HOP["host1"], HOP["host2"]}  # still usable there: both at local-pref 0
+    # leaf1 itself then prefers the spine's path (via leaf2 to host3, full preference) to its own hosts' at
+    # local-preference 0: traffic entering leaf1 avoids the drained hosts as well
+    await eventually(lambda: hops(lab, "leaf1") == {HOP["spine"]}, what="leaf1 sending it up to the spine")
 
     for host in ("host1", "host2"):
         await gobgpds[host].add_paths([route(False)])  # undrain
