@@ -71,7 +71,7 @@ lint: setup
 	$(VENV)/bin/mypy --strict bench/*.py
 
 demo: setup
-	$(VENV)/bin/ipvlan-bgp-lab demo
+	$(VENV)/bin/ipvlan-bgp-lab demo $(if $(TOPOLOGY),containerlab/$(TOPOLOGY).clab.yml)
 
 # Benchmarks (not part of `make test`): the bare GoBGP API baseline, then the agent on real ipvlan (in the
 # VM where this kernel has none). Figures are printed; JSON and a PNG land in bench/results/.

@@ -23,7 +23,7 @@ from .routes import Desired, Plan
 EXIT_OK = 0
 EXIT_FAILURE = 1  # status: unhealthy or degraded; run: the agent failed; plan: gobgpd refused a read
 EXIT_INVALID_CONFIG = 2
-EXIT_UNREACHABLE = 3  # the agent's status socket (status, routes) or gobgpd (plan)
+EXIT_UNREACHABLE = 3  # the agent's status socket (status, routes, drain, undrain) or gobgpd (plan)
 EXIT_CONFIG_UNREADABLE = 4  # the config file is missing, unreadable or not a regular file
 EXIT_CHANGES_PENDING = 5  # plan --exit-code: a pass would change gobgpd's paths
 EXIT_USAGE = 64  # EX_USAGE (sysexits.h): unknown command or option, bad argument
@@ -35,7 +35,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_OK}   ok (status: healthy; plan --exit-code: nothing to change)
   {EXIT_FAILURE}   status: unhealthy, or degraded (no Established BGP peer); run: the agent failed
   {EXIT_INVALID_CONFIG}   the configuration is invalid (every problem is listed)
-  {EXIT_UNREACHABLE}   the agent (status, routes) or gobgpd (plan) cannot be reached
+  {EXIT_UNREACHABLE}   the agent (status, routes, drain, undrain) or gobgpd (plan) cannot be reached
   {EXIT_CONFIG_UNREADABLE}   the configuration file is missing or unreadable
   {EXIT_CHANGES_PENDING}   plan --exit-code: the agent would add or withdraw paths
   {EXIT_USAGE}  usage error (unknown command or option)"""
@@ -164,6 +164,7 @@ def _status_text(status: dict[str, Any]) -> str:
         f"prefixes:   {p['advertised']} advertised, "
         + (", ".join(f"{len(found)} refused ({reason})" for reason, found in p.get("refused", {}).items()
                      if found) or "none refused"),
+        _drain_text(status.get("drain") or {}),
         f"reconcile:  {r['passes']} passes, {r['failures']} failed, last {last} "
         f"({r['last_duration_s'] * 1e3:.1f} ms)",
         f"netlink:    {status['netlink_resyncs']} resync(s), "
@@ -171,6 +172,34 @@ def _status_text(status: dict[str, Any]) -> str:
     ]
     lines += [f"WARNING: uplink {printable(name)} does not exist in this host" for name in status["missing_uplinks"]]
     return "\n".join(lines)
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _drain_text(drain: dict[str, Any]) -> str:
+    if not drain.get("drained"):
+        return "drain:      not drained (paths at full preference)"
+    text = f"drain:      DRAINED since {_when(drain['since'])}: "
+    if drain.get("withdrawn"):
+        return text + "every path withdrawn (drain.withdraw_after passed)"
+    text += "every path carries GRACEFUL_SHUTDOWN 65535:0"
+    return text + (f", withdrawn at {_when(drain['withdraw_at'])}" if drain.get("withdraw_at") else "")
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    drain = _ask_agent(args, args.command)
+    if isinstance(drain, int):
+        return drain
+    if args.json:
+        _print_json(drain)
+    else:
+        print(_drain_text(drain).removeprefix("drain:").strip())
+        if not drain.get("persisted", True):
+            print("warning: the agent could not save it to drain.state_file: a restart would forget it "
+                  "(see its log)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -281,14 +310,18 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 async def _plan(config: AgentConfig) -> tuple[Desired, Plan]:
+    from .drain import load_drain
     from .reconciler import Reconciler
 
     seen = await _discover(config)
     _warn_missing_uplinks(seen.missing_uplinks)
     async with wiring.gobgp_client(config) as client:
-        await client.connect(config.gobgp.connect_timeout)
+        info = await client.connect(config.gobgp.connect_timeout)
         reconciler = Reconciler(client, config)
+        reconciler.local_as = info.asn
         reconciler.host_addresses = seen.host_addresses
+        drain = load_drain(config.drain.state_file, config.drain.withdraw_after)  # as the running agent has it
+        reconciler.drained, reconciler.withdrawn = drain.drained, drain.withdrawn()
         return reconciler.compute(seen.endpoints, await reconciler.read_actual())
 
 
@@ -373,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
              f"{EXIT_FAILURE}: unhealthy or degraded (no Established BGP peer), {EXIT_UNREACHABLE}: agent "
              "unreachable"),
             ("routes", cmd_routes, "every prefix the running agent advertises, and why",
+             f"{EXIT_UNREACHABLE}: agent unreachable"),
+            ("drain", cmd_drain, "drain this host (RFC 8326): re-announce every path with GRACEFUL_SHUTDOWN "
+             "65535:0, and withdraw them after drain.withdraw_after if set; kept across agent restarts",
+             f"{EXIT_UNREACHABLE}: agent unreachable"),
+            ("undrain", cmd_drain, "undrain this host: every path back at full preference",
              f"{EXIT_UNREACHABLE}: agent unreachable")):
         p = add(name, handler, text, exits)
         action = p.add_argument("--socket", type=Path, metavar="PATH",

@@ -162,6 +162,9 @@ class NetworkConfig(_Strict):
     name: str = Field(default="", max_length=64)
     advertise: Advertise = Advertise.BOTH
     aggregate_when: AggregateWhen = AggregateWhen.USED
+    anycast: bool = Field(default=False, description="service addresses that may be held by containers on "
+                          "several hosts, and by several namespaces on one host: each host that has one "
+                          "advertises its /32 (/128) once, and the routers spread flows over them (ECMP)")
     communities: tuple[CommunityValue, ...] = ()
     large_communities: tuple[LargeCommunityValue, ...] = ()
     local_pref: U32 | None = None
@@ -172,6 +175,10 @@ class NetworkConfig(_Strict):
         if self.prefix.prefixlen < MIN_PREFIXLEN[self.prefix.version]:
             raise ValueError(f"{self.prefix} is wider than /{MIN_PREFIXLEN[self.prefix.version]}: it would let "
                              "nearly any address through the allow-list (a container could claim any address)")
+        if self.anycast and self.advertise == Advertise.AGGREGATE:
+            raise ValueError("anycast = true needs host routes (advertise = \"host\" or \"both\"): it decides "
+                             "how an address held by several namespaces is advertised as a host route, and "
+                             "advertise = \"aggregate\" sends none")
         for excluded in self.exclude:
             if excluded.version != self.prefix.version or not excluded.subnet_of(self.prefix):  # type: ignore[arg-type]
                 raise ValueError(f"exclude {excluded} is not inside {self.prefix}")
@@ -219,6 +226,20 @@ class DampeningConfig(_Strict):
                              description="seconds of stability needed to advertise again")
 
 
+class DrainConfig(_Strict):
+    withdraw_after: float = Field(default=0.0, ge=0, le=86_400, description="seconds after `ipvlan-bgp drain` "
+                                  "to withdraw every path (0: never; the paths stay with GRACEFUL_SHUTDOWN)")
+    state_file: Path = Path("/var/lib/ipvlan-bgp/drained")
+    as_path_prepend: int = Field(default=0, ge=0, le=8, description="while drained, put gobgpd's AS this many "
+                                 "more times on each path's AS_PATH (for routers that ignore GRACEFUL_SHUTDOWN)")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> Self:
+        if not self.state_file.is_absolute():
+            raise ValueError(f"state_file {str(self.state_file)!r} must be an absolute path")
+        return self
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -259,6 +280,7 @@ class AgentConfig(_Strict):
     next_hop: NextHopConfig = NextHopConfig()
     timers: TimersConfig = TimersConfig()
     dampening: DampeningConfig = DampeningConfig()
+    drain: DrainConfig = DrainConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     status: StatusConfig = StatusConfig()

@@ -30,6 +30,7 @@ from . import wiring
 from .config import AgentConfig, ConfigError, OnShutdown, load_config
 from .dampening import FlapDamper
 from .discovery import DiscoveryStats, EndpointSource
+from .drain import Drain, load_drain, save_drain
 from .endpoints import Endpoint, flatten
 from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
@@ -76,7 +77,8 @@ class Backoff:
 
 
 # Wake-up reasons that always take a pass; the others (drift checks) only when gobgpd's table moved.
-WANTING_A_PASS = frozenset({Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD})
+WANTING_A_PASS = frozenset({Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD,
+                            Reason.DRAIN})
 
 # Changes that take a restart to apply; a reload that changes one of them is refused whole.
 RESTART_ONLY = ("gobgp", "status", "metrics", "ownership_community")
@@ -97,7 +99,15 @@ class Daemon:
         self._read_more = asyncio.Event()  # discovery read something before it was synced
         self.discovery.subscribe(self._read_more.set)
         self.state = AgentState(gobgp_target=config.gobgp.target)
-        self.status_server = StatusServer(lambda: self.state, self.speaker.list_peers, config.status.socket)
+        self.status_server = StatusServer(lambda: self.state, self.speaker.list_peers, config.status.socket,
+                                          {"drain": lambda: self.set_drained(True),
+                                           "undrain": lambda: self.set_drained(False)})
+        self.drain = load_drain(config.drain.state_file, config.drain.withdraw_after)
+        if self.drain.drained:
+            log.warning("this host is drained (since %s, kept in %s): every path carries GRACEFUL_SHUTDOWN until "
+                        "`ipvlan-bgp undrain`", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.drain.since)),
+                        config.drain.state_file)
+        self._apply_drain()
         self.failure: str | None = None  # why the agent gave up (exits non-zero)
         self._held_down: tuple[Endpoint, ...] = ()
         self._on_ready = on_ready
@@ -133,6 +143,38 @@ class Daemon:
         notify("STATUS=" + (f"in sync: {len(self.reconciler.actual or {})} path(s)" if healthy
                             else f"NOT HEALTHY: {reason}"))
 
+    def set_drained(self, drained: bool) -> dict[str, object]:
+        """``ipvlan-bgp drain`` / ``undrain`` (RFC 8326, agent/drain.py); returns the drain's state."""
+        persisted = True
+        if drained != self.drain.drained:
+            self.drain = Drain(time.time() if drained else None, self.config.drain.withdraw_after)
+            try:
+                save_drain(self.config.drain.state_file, self.drain)
+            except OSError as exc:
+                persisted = False
+                log.error("drain state %s not saved (%s): a restart of the agent would forget it",
+                          self.config.drain.state_file, exc)
+            if drained:
+                log.warning("drained: re-announcing every path with GRACEFUL_SHUTDOWN 65535:0%s",
+                            f", withdrawing them in {self.drain.withdraw_after:g} s" if self.drain.withdraw_after
+                            else "")
+            else:
+                log.warning("undrained: every path back as configured")
+            self._apply_drain()
+            self.wakeups.post(Reason.DRAIN)
+        return {**self.drain.as_json(), "persisted": persisted}
+
+    def _apply_drain(self) -> None:
+        """Hand the drain to the reconciler (its routes change, so the next pass re-sends them) and to status."""
+        withdrawn = self.drain.withdrawn()
+        self.reconciler.drained, self.reconciler.withdrawn = self.drain.drained, withdrawn
+        self.metrics.drained.set(1 if self.drain.drained else 0)
+        if self.drain != self.state.drain:
+            self._publish(drain=self.drain)
+        withdraw_at = self.drain.withdraw_at
+        if withdraw_at is not None and not withdrawn:
+            self.wakeups.post_in(max(withdraw_at - time.time(), 0.0) + 0.001, Reason.DRAIN)
+
     def reload(self, config: AgentConfig) -> bool:
         """Take a new, already validated config, or refuse it whole (False) if part of it needs a restart.
         The next pass re-sends only prefixes whose routes changed."""
@@ -145,6 +187,8 @@ class Daemon:
         self.config = config
         self.reconciler.config = config
         self.damper.config = config.dampening
+        self.drain = dataclasses.replace(self.drain, withdraw_after=config.drain.withdraw_after)
+        self._apply_drain()
         self.discovery.reconfigure(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
         self._timers_reloaded.set()
         setup_logging(config.log.level, config.log.format)
@@ -188,7 +232,8 @@ class Daemon:
     async def _connect(self) -> None:
         timeout = self.config.gobgp.connect_timeout
         try:
-            await self._beating(asyncio.wait_for(self.speaker.connect(timeout), timeout + 1))
+            info = await self._beating(asyncio.wait_for(self.speaker.connect(timeout), timeout + 1))
+            self.reconciler.local_as = info.asn  # for drain.as_path_prepend
         except (GobgpError, TimeoutError) as exc:
             log.error("gobgpd did not answer within connect_timeout: %s; waiting for it", exc)
             self._set_health(False, f"gobgpd unreachable at {self.config.gobgp.target}")
@@ -356,6 +401,7 @@ class Daemon:
             self.wakeups.post_in(RETRY_MAX, Reason.PEERS)
 
     async def _pass(self, first_change_at: float | None) -> PassResult:
+        self._apply_drain()  # withdraw_after may have passed
         now = time.monotonic()
         self.pacer.interval = self.config.timers.namespace_interval
         by_namespace, next_turn = self.pacer.pace(self.discovery.by_namespace(), now)
@@ -376,6 +422,8 @@ class Daemon:
         error: str | None = None
         kind = "internal"
         try:
+            if self.reconciler.local_as is None and self.config.drain.as_path_prepend:  # gobgpd was down at start
+                self.reconciler.local_as = (await self.speaker.connect(self.config.gobgp.connect_timeout)).asn
             self.reconciler.host_addresses = self.discovery.host_addresses()
             plan = await self.reconciler.reconcile(damped.by_namespace)
         except Exception as exc:  # any failure costs a retry, never the loop

@@ -84,7 +84,7 @@ def _pack(message: Any) -> AnyPb:
 
 
 def route_to_path(route: Route) -> api.Path:
-    """Build the API Path for a route (ORIGIN IGP, next hop, communities, LOCAL_PREF, MED)."""
+    """Build the API Path for a route (ORIGIN IGP, next hop, communities, LOCAL_PREF, MED, AS_PATH if any)."""
     version = route.version
     nlri = _pack(attr_pb.IPAddressPrefix(prefix=str(route.prefix.network_address),
                                          prefix_len=route.prefix.prefixlen))
@@ -107,6 +107,9 @@ def route_to_path(route: Route) -> api.Path:
         pattrs.append(_pack(attr_pb.LocalPrefAttribute(local_pref=attrs.local_pref)))
     if attrs.med is not None:
         pattrs.append(_pack(attr_pb.MultiExitDiscAttribute(med=attrs.med)))
+    if attrs.as_path:
+        pattrs.append(_pack(attr_pb.AsPathAttribute(segments=[
+            attr_pb.AsSegment(type=attr_pb.AsSegment.AS_SEQUENCE, numbers=attrs.as_path)])))
     return api.Path(family=_FAMILIES[version], nlri=nlri, pattrs=pattrs)
 
 
@@ -119,6 +122,7 @@ _READ_ATTRIBUTES: dict[str, type[Message]] = {
         attr_pb.LargeCommunitiesAttribute,
         attr_pb.LocalPrefAttribute,
         attr_pb.MultiExitDiscAttribute,
+        attr_pb.AsPathAttribute,
     )
 }
 
@@ -137,6 +141,7 @@ def _read_attributes(pattrs: Iterable[AnyPb]) -> tuple[IPAddress | None, Attribu
     large: list[LargeCommunity] = []
     local_pref: int | None = None
     med: int | None = None
+    as_path: tuple[int, ...] = ()
     for packed in pattrs:
         kind = _READ_ATTRIBUTES.get(packed.TypeName())
         if kind is None:
@@ -156,9 +161,11 @@ def _read_attributes(pattrs: Iterable[AnyPb]) -> tuple[IPAddress | None, Attribu
                 local_pref = attr.local_pref
             case attr_pb.MultiExitDiscAttribute():
                 med = attr.med
+            case attr_pb.AsPathAttribute():
+                as_path = tuple(asn for segment in attr.segments for asn in segment.numbers)
     if next_hop is not None and next_hop.is_unspecified:
         next_hop = None
-    return next_hop, Attributes(tuple(communities), tuple(large), local_pref, med)
+    return next_hop, Attributes(tuple(communities), tuple(large), local_pref, med, as_path)
 
 
 _ATTRIBUTE_SETS_KEPT = 4096  # distinct attribute sets remembered while reading (a table has a handful)

@@ -99,6 +99,8 @@ class Metrics:
         self._drops_seen: dict[str, int] = {}
         self.held = Gauge("ipvlan_bgp_endpoints_held_down", "Flapping endpoints held down", registry=r)
         self.healthy = Gauge("ipvlan_bgp_healthy", "1 while in sync with gobgpd and every task runs", registry=r)
+        self.drained = Gauge("ipvlan_bgp_drained", "1 while the host is drained (ipvlan-bgp drain: every path with "
+                             "GRACEFUL_SHUTDOWN 65535:0, or withdrawn after drain.withdraw_after)", registry=r)
         self.task_restarts = Counter("ipvlan_bgp_task_restarts_total", "Supervised tasks restarted after ending "
                                      "unexpectedly", ["task"], registry=r)
         self.reloads = Counter("ipvlan_bgp_config_reloads_total", "Configuration reloads (SIGHUP) by outcome",

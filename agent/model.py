@@ -74,6 +74,7 @@ class Attributes:
     large_communities: tuple[LargeCommunity, ...] = ()
     local_pref: int | None = None
     med: int | None = None
+    as_path: tuple[int, ...] = ()  # an AS_SEQUENCE written on the path (a drain's prepend); gobgpd adds its own AS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "communities", tuple(sorted(set(self.communities))))

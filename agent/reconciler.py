@@ -75,6 +75,10 @@ class Reconciler:
         # gobgpd holds exactly the index's routes as of the last pass, so the next plan may look at the
         # prefixes that changed since and nothing else.
         self._exact = False
+        # Graceful drain (agent/drain.py), set by the owner: every path with GRACEFUL_SHUTDOWN; withdrawn: none.
+        self.drained = False
+        self.withdrawn = False
+        self.local_as: int | None = None  # gobgpd's AS (set by the owner): drain.as_path_prepend repeats it
 
     async def table_moved(self) -> bool:
         """Cheap drift check, two GetTable calls: do gobgpd's path counts differ from what our last full read
@@ -106,10 +110,16 @@ class Reconciler:
         """The index for the current config and host addresses; a new one (and a whole-table plan) when
         either changed."""
         index = self._index
-        if index is None or index.config is not self.config or index.host_addresses != self.host_addresses:
-            index = self._index = DesiredIndex(self.config, self.host_addresses)
+        prepend = self._prepend()
+        if index is None or index.config is not self.config or index.host_addresses != self.host_addresses \
+                or index.drained != self.drained or index.prepend != prepend:
+            index = self._index = DesiredIndex(self.config, self.host_addresses, self.drained, prepend)
             self._exact = False
         return index
+
+    def _prepend(self) -> tuple[int, ...]:
+        times = self.config.drain.as_path_prepend
+        return (self.local_as,) * times if self.drained and times and self.local_as else ()
 
     async def read_actual(self) -> dict[IPNetwork, Route]:
         counts = await self._path_counts()  # before listing: a change made during the listing shows up later
@@ -126,8 +136,9 @@ class Reconciler:
         self.prefix_counts[key] = self.prefix_counts.get(key, 0) + delta
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
-        desired = desired_routes(endpoints, self.config, self.host_addresses)
-        return desired, plan(desired.routes, actual, self.config.max_prefixes, self.config.namespace_quota,
+        desired = desired_routes(endpoints, self.config, self.host_addresses, self.drained, self._prepend())
+        wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else desired.routes
+        return desired, plan(wanted, actual, self.config.max_prefixes, self.config.namespace_quota,
                              desired.owners, self.advertised)
 
     async def reconcile(self, by_namespace: Mapping[str, tuple[Endpoint, ...]], adds_only: bool = False) -> Plan:
@@ -147,19 +158,20 @@ class Reconciler:
                 self._exact = False
             index = self._current_index()
             touched = index.update(by_namespace)
-            by_changes = self._exact and index.within_caps
+            by_changes = self._exact and index.within_caps and not self.withdrawn
             if by_changes:
                 p = plan_changes(index.routes, self.actual, touched)
                 self.stats.planned_by_changes += 1
             else:
-                p = plan(index.routes, self.actual, self.config.max_prefixes, self.config.namespace_quota,
+                wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else index.routes
+                p = plan(wanted, self.actual, self.config.max_prefixes, self.config.namespace_quota,
                          index.owners, self.advertised)
             desired = self.desired = index.view()
             self._report_refusals(index, p)
             await self._apply(p, self.actual, desired)
             if not by_changes:
                 self.advertised = set(self.actual)
-            self._exact = index.within_caps
+            self._exact = index.within_caps and not self.withdrawn
         except BaseException:
             self.stats.failures += 1
             self.invalidate()
@@ -172,6 +184,8 @@ class Reconciler:
         return p
 
     async def _push_early(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> Plan:
+        if self.withdrawn:
+            return Plan()
         try:
             if self.actual is None:
                 self.actual = await self.read_actual()
@@ -219,7 +233,8 @@ class Reconciler:
             Refusal.OUTSIDE: "outside every configured network",
             Refusal.EXCLUDED: "in an `exclude` prefix of its network",
             Refusal.HOST_ADDRESS: "an address of this host (or a configured next hop)",
-            Refusal.DUPLICATE: "claimed from more than one namespace, advertised for none until unique",
+            Refusal.DUPLICATE: "claimed from more than one namespace (not an anycast network), advertised for none "
+                               "until unique",
         }
         now: dict[Refusal, frozenset[IPNetwork]] = {reason: frozenset(index.refused_by_reason[reason])
                                                     for reason in why}

@@ -2,8 +2,8 @@
 
 ``desired_routes`` applies the allow-list (only addresses inside a configured network and outside its
 ``exclude`` prefixes are advertised), address ownership (never an address of the host itself; never an
-address claimed from two namespaces) and the per-network advertise mode; ``plan`` diffs desired against
-actual and enforces the caps with the fair policy documented on ``allocate``.
+address claimed from two namespaces, unless its network is ``anycast``) and the per-network advertise mode;
+``plan`` diffs desired against actual and enforces the caps with the fair policy documented on ``allocate``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from .config import Advertise, AgentConfig, AggregateWhen
+from .drain import drained_attributes
 from .endpoints import Endpoint
 from .model import IPAddress, IPNetwork, Route
 from .netlink_types import IPInterface
@@ -38,6 +39,7 @@ class Desired:
     sources: Mapping[IPNetwork, tuple[str, ...]]  # prefix -> endpoint labels (or the network's label)
     refused: Mapping[IPNetwork, tuple[Refusal, tuple[str, ...]]] = field(default_factory=dict)  # -> (why, who)
     owners: Mapping[IPNetwork, str] = field(default_factory=dict)  # host prefix -> the namespace it comes from
+    # (anycast, several: the first by name)
 
     @property
     def outside(self) -> dict[IPNetwork, tuple[str, ...]]:
@@ -61,17 +63,25 @@ class DesiredIndex:
 
     The rules: an address is advertised as a host route (per its network's ``advertise``) when it is inside a
     configured network, outside that network's ``exclude`` prefixes, not an address of the host itself (nor a
-    configured next hop), and held from one namespace only. A network's aggregate is advertised when its
-    ``aggregate_when`` says so. ``desired_routes`` is the same index built from scratch."""
+    configured next hop), and held from one namespace only, or from any number in an ``anycast`` network (one
+    route then, its sources every holder, counted under the quota of the first namespace by name). A
+    network's aggregate is advertised when its ``aggregate_when`` says so. ``desired_routes`` is the same index
+    built from scratch."""
 
-    def __init__(self, config: AgentConfig, host_addresses: Collection[IPAddress] = ()) -> None:
+    def __init__(self, config: AgentConfig, host_addresses: Collection[IPAddress] = (), drained: bool = False,
+                 prepend: tuple[int, ...] = ()) -> None:
         self.config = config
         self.host_addresses = frozenset(host_addresses)
+        self.drained = drained  # every route carries GRACEFUL_SHUTDOWN (agent/drain.py)
+        self.prepend = prepend  # and, drained, this AS_PATH
         self._attributes = {network.prefix: network.attributes(config.ownership_community)
                             for network in config.networks}
+        if drained:
+            self._attributes = {prefix: drained_attributes(a, prepend) for prefix, a in self._attributes.items()}
         self._next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
         self._own = {*self.host_addresses, *(hop for hop in self._next_hop.values() if hop is not None)}
         self._networks = {network.prefix: network for network in config.networks}
+        self._anycast = {network.prefix for network in config.networks if network.anycast}
         self._seen: dict[str, tuple[tuple[Endpoint, ...], dict[tuple[str, int], Endpoint]]] = {}
         self._holders: dict[IPNetwork, dict[str, list[str]]] = {}  # host prefix -> namespace -> endpoint labels
         self._verdict: dict[IPNetwork, tuple[IPNetwork | None, Refusal | None]] = {}  # -> (network, reason)
@@ -194,7 +204,7 @@ class DesiredIndex:
             return changed_network if changed_network is not None else self._network_prefix_itself(prefix)
         labels = tuple(sorted({label for found in by_namespace.values() for label in found}))
         network_prefix, reason = self._judge(prefix)
-        if reason is None and len(by_namespace) > 1:
+        if reason is None and len(by_namespace) > 1 and network_prefix not in self._anycast:
             reason = Refusal.DUPLICATE
         if reason is not None:
             self.refused[prefix] = (reason, labels)
@@ -205,7 +215,7 @@ class DesiredIndex:
         self._used[network_prefix] = self._used.get(network_prefix, 0) + 1
         network = self._networks[network_prefix]
         if network.advertise in (Advertise.HOST, Advertise.BOTH):
-            (owner,) = by_namespace
+            owner = min(by_namespace)  # one holder, or (anycast) several: the first by name counts it
             self.routes[prefix] = Route(prefix, self._next_hop[prefix.version], self._attributes[network_prefix])
             self.sources[prefix] = labels
             self.owners[prefix] = owner
@@ -258,10 +268,11 @@ def group_by_namespace(endpoints: Iterable[Endpoint]) -> dict[str, tuple[Endpoin
 
 
 def desired_routes(endpoints: Iterable[Endpoint], config: AgentConfig,
-                   host_addresses: Collection[IPAddress] = ()) -> Desired:
+                   host_addresses: Collection[IPAddress] = (), drained: bool = False,
+                   prepend: tuple[int, ...] = ()) -> Desired:
     """``host_addresses``: every address of the host's own interfaces (discovery's own namespace); they and
     the configured next hops are never advertised from an endpoint."""
-    index = DesiredIndex(config, host_addresses)
+    index = DesiredIndex(config, host_addresses, drained, prepend)
     index.update(group_by_namespace(endpoints))
     return index.desired()
 

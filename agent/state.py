@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .drain import Drain
 from .endpoints import Endpoint
 from .model import IPNetwork, Route
 from .routes import Plan, Refusal
@@ -53,3 +54,4 @@ class AgentState:
     failures: int = 0
     last_pass_at: float | None = None
     last_duration: float = 0.0
+    drain: Drain = field(default_factory=Drain)

@@ -1,7 +1,7 @@
 """The running agent's state, served as JSON on a root-only unix socket for `ipvlan-bgp status` / `routes`.
 
-Protocol: the client sends one line (``status`` or ``routes``), the agent answers one JSON document and
-closes the connection.
+Protocol: the client sends one line (``status``, ``routes``, ``drain`` or ``undrain``), the agent answers one
+JSON document and closes the connection.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ def status_of(state: AgentState, peers: list[PeerInfo] | None) -> dict[str, Any]
         "namespaces": state.namespaces,
         "netlink_resyncs": state.resyncs,
         "netlink_dropped": dict(state.netlink_dropped),
+        "drain": state.drain.as_json(),
         "reconcile": {"passes": state.passes, "failures": state.failures, "last_at": state.last_pass_at,
                       "last_duration_s": state.last_duration},
     }
@@ -89,9 +90,10 @@ class StatusSocketError(Exception):
 
 class StatusServer:
     def __init__(self, state: Callable[[], AgentState], peers: Callable[[], Awaitable[list[PeerInfo]]],
-                 path: Path) -> None:
+                 path: Path, commands: Mapping[str, Callable[[], Any]] | None = None) -> None:
         self._state = state
         self._list_peers = peers
+        self._commands = commands or {}  # further requests that change the agent: "drain", "undrain"
         self.path = path
         self._server: asyncio.AbstractServer | None = None
 
@@ -117,8 +119,11 @@ class StatusServer:
             elif request == "status":
                 body = status_of(self._state(), await self._peers())
                 body["tasks"] = len(asyncio.all_tasks())  # the fault suite checks that none leak
+            elif request in self._commands:
+                body = self._commands[request]()
             else:
-                body = {"error": f"unknown request {request!r}; ask 'status' or 'routes'"}
+                body = {"error": f"unknown request {request!r}; ask "
+                                 + ", ".join(repr(r) for r in ("status", "routes", *self._commands))}
             writer.write(json.dumps(body).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):

@@ -84,6 +84,10 @@ def test_defaults() -> None:
         ({"networks": [{"prefix": "10.0.0.0/8", "exclude": ["11.0.0.0/24"]}]}, "networks[0]", "not inside"),
         ({"networks": [{"prefix": "10.0.0.0/8", "exclude": ["2001:db8::/64"]}]}, "networks[0]", "not inside"),
         ({"status": {"socket": "agent.sock"}}, "status", "absolute path"),
+        ({"networks": [{"prefix": "10.0.0.0/8", "anycast": "yes"}]}, "networks[0].anycast", "valid boolean"),
+        ({"networks": [{"prefix": "10.0.0.0/8", "anycast": True, "advertise": "aggregate"}]}, "networks[0]",
+         "anycast = true needs host routes"),
+        ({"networks": [{"prefix": "10.0.0.0/8", "anycast": True, "advertise": "host"}]}, "", ""),
     ],
 )
 def test_invalid_values_name_their_field(change: dict[str, Any], where: str, message: str) -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import Advertise, AgentConfig, AggregateWhen, parse_config
+from agent.drain import drained_attributes
 from agent.endpoints import Endpoint, IpvlanMode
 from agent.model import IPAddress, IPNetwork, LargeCommunity, Route
 from agent.reconciler import Reconciler
@@ -30,19 +31,23 @@ def config(**extra: Any) -> AgentConfig:
                      {"prefix": "10.2.0.0/24", "advertise": "aggregate"},
                      {"prefix": "10.3.0.0/24", "advertise": "host"},
                      {"prefix": "10.4.0.0/24", "advertise": "both", "aggregate_when": "always"},
-                     {"prefix": "10.5.0.7/32", "advertise": "both"}]}
+                     {"prefix": "10.5.0.7/32", "advertise": "both"},
+                     {"prefix": "10.6.0.0/24", "advertise": "both", "anycast": True, "exclude": ["10.6.0.128/30"]},
+                     {"prefix": "10.7.0.0/24", "advertise": "host", "anycast": True}]}
     data.update(extra)
     return parse_config(data)
 
 
 def whole_table_desired(endpoints: Iterable[Endpoint], config: AgentConfig,
-                        host_addresses: Collection[IPAddress] = ()) -> Desired:
+                        host_addresses: Collection[IPAddress] = (), drained: bool = False) -> Desired:
     """The previous desired_routes, which walked every endpoint on every pass: the reference."""
     routes: dict[IPNetwork, Route] = {}
     sources: dict[IPNetwork, list[str]] = {}
     refused: dict[IPNetwork, tuple[Refusal, list[str]]] = {}
     claims: dict[IPNetwork, dict[str, list[str]]] = {}
     attributes = {network.prefix: network.attributes(config.ownership_community) for network in config.networks}
+    if drained:
+        attributes = {prefix: drained_attributes(a) for prefix, a in attributes.items()}
     next_hop = {4: config.next_hop.for_version(4), 6: config.next_hop.for_version(6)}
     own = {*host_addresses, *(hop for hop in next_hop.values() if hop is not None)}
     for endpoint in endpoints:
@@ -61,16 +66,16 @@ def whole_table_desired(endpoints: Iterable[Endpoint], config: AgentConfig,
     owners: dict[IPNetwork, str] = {}
     for host, by_namespace in claims.items():
         labels = [label for found in by_namespace.values() for label in found]
-        if len(by_namespace) > 1:
-            refused[host] = (Refusal.DUPLICATE, labels)
-            continue
         network = config.network_for(host.network_address)
         assert network is not None
+        if len(by_namespace) > 1 and not network.anycast:
+            refused[host] = (Refusal.DUPLICATE, labels)
+            continue
         used.add(network.prefix)
         if network.advertise in (Advertise.HOST, Advertise.BOTH):
             routes[host] = Route(host, next_hop[host.version], attributes[network.prefix])
             sources[host] = labels
-            (owners[host],) = by_namespace
+            owners[host] = sorted(by_namespace)[0]  # anycast: counted for the first holder by name
     for network in config.networks:
         if network.advertise == Advertise.HOST:
             continue
@@ -82,7 +87,8 @@ def whole_table_desired(endpoints: Iterable[Endpoint], config: AgentConfig,
                    refused={p: (why, tuple(sorted(set(s)))) for p, (why, s) in refused.items()}, owners=owners)
 
 
-ADDRESSES = [f"10.{n}.0.{h}/24" for n in (1, 2, 3, 4) for h in (1, 2, 3, 129, 250)] + ["10.5.0.7/32", "10.9.0.1/24"]
+ADDRESSES = [f"10.{n}.0.{h}/24" for n in (1, 2, 3, 4, 6, 7) for h in (1, 2, 3, 129, 250)] + ["10.5.0.7/32",
+                                                                                           "10.9.0.1/24"]
 NAMESPACES = ["", "/run/netns/a", "/run/netns/b", "/run/netns/c"]
 
 # one event: (namespace, ifindex, ready, addresses) sets that endpoint; addresses None removes it
@@ -122,17 +128,24 @@ def test_the_index_agrees_with_the_whole_table_derivation_after_every_update(seq
 
 
 @settings(max_examples=150, deadline=None)
-@given(sequence=sequences, quota=st.sampled_from([None, 1, 3]), cap=st.sampled_from([1000, 6]))
+@given(sequence=sequences, quota=st.sampled_from([None, 1, 3]), cap=st.sampled_from([1000, 6]),
+       drains=st.lists(st.sampled_from(["no", "drained", "withdrawn"]), min_size=1, max_size=25))
 async def test_plans_by_changes_leave_gobgpd_as_a_whole_table_plan_would(sequence: list[list[Any]],
-                                                                        quota: int | None, cap: int) -> None:
+                                                                        quota: int | None, cap: int,
+                                                                        drains: list[str]) -> None:
     cfg = config(max_prefixes=cap, max_prefixes_per_namespace=quota or 1000)
     fake = FakeGobgp(OWNER)
     reconciler = Reconciler(fake, cfg)
     reconciler.host_addresses = frozenset({HOST})
     present: dict[tuple[str, int], Endpoint] = {}
-    for batch in sequence:
+    for i, batch in enumerate(sequence):
+        drain = drains[i % len(drains)]  # drained, withdrawn or undrained between the changes
+        reconciler.drained, reconciler.withdrawn = drain != "no", drain == "withdrawn"
         await reconciler.reconcile(apply_events(present, batch))
-        desired = whole_table_desired(present.values(), cfg, {HOST})
+        desired = whole_table_desired(present.values(), cfg, {HOST}, reconciler.drained)
+        if reconciler.withdrawn:
+            assert not fake.owned()
+            continue
         held = {prefix: route for prefix, route in fake.rib.items() if route.owned_by(OWNER)}
         assert plan(desired.routes, held, cap, cfg.namespace_quota, desired.owners, reconciler.advertised).empty
 

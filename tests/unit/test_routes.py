@@ -93,6 +93,42 @@ def test_address_claimed_from_two_namespaces_is_advertised_for_neither() -> None
     assert "10.1.100.2/32" in prefixes(same.routes) and not same.refused
 
 
+def test_an_anycast_address_held_by_several_namespaces_is_advertised_once_with_every_source() -> None:
+    cfg = config(networks=[{"prefix": "10.1.100.0/24", "advertise": "both", "anycast": True},
+                           {"prefix": "10.1.200.0/24", "advertise": "host"}])
+    held = [endpoint("10.1.100.2/24", "10.1.200.2/24", netns="/run/netns/c2"),
+            endpoint("10.1.100.2/24", "10.1.200.2/24", netns="/run/netns/c1"),
+            endpoint("10.1.100.2/24", netns="/run/netns/c3", ifindex=5)]
+    desired = desired_routes(held, cfg)
+    anycast = ipaddress.ip_network("10.1.100.2/32")
+    assert prefixes(desired.routes) == {"10.1.100.0/24", "10.1.100.2/32"}
+    assert desired.sources[anycast] == ("/run/netns/c1:eth0", "/run/netns/c2:eth0", "/run/netns/c3:eth0")
+    assert desired.owners == {anycast: "/run/netns/c1"}
+    # the network beside it keeps today's rule
+    assert desired.refused == {ipaddress.ip_network("10.1.200.2/32"):
+                               (Refusal.DUPLICATE, ("/run/netns/c1:eth0", "/run/netns/c2:eth0"))}
+    # the host's own addresses and excluded ones stay refused in an anycast network too
+    refused = desired_routes(held, cfg, host_addresses={ipaddress.ip_address("10.1.100.2")})
+    assert refused.refused_for(Refusal.HOST_ADDRESS) == {anycast: desired.sources[anycast]}
+
+
+async def test_an_anycast_route_stays_put_while_its_holders_come_and_go() -> None:
+    cfg = config(networks=[{"prefix": "10.1.100.0/24", "advertise": "host", "anycast": True}])
+    fake = FakeGobgp(OWNER)
+    reconciler = Reconciler(fake, cfg)
+    a, b = endpoint("10.1.100.2/24", netns="/run/netns/a"), endpoint("10.1.100.2/24", netns="/run/netns/b")
+    first = await reconciler.reconcile({"/run/netns/a": (a,)})
+    assert [str(r.prefix) for r in first.add] == ["10.1.100.2/32"]
+    for holders in ({"/run/netns/a": (a,), "/run/netns/b": (b,)}, {"/run/netns/b": (b,)}):
+        p = await reconciler.reconcile(holders)
+        assert p.empty  # a second holder, then the first one gone: the same route, nothing sent
+        assert reconciler.desired is not None
+        assert reconciler.desired.sources[ipaddress.ip_network("10.1.100.2/32")] == tuple(
+            f"{netns}:eth0" for netns in sorted(holders))
+    last = await reconciler.reconcile({})
+    assert [str(r.prefix) for r in last.withdraw] == ["10.1.100.2/32"]
+
+
 def test_host_addresses_and_next_hops_are_never_advertised_from_a_container() -> None:
     cfg = config(next_hop={"ipv4": "10.1.100.254"})
     desired = desired_routes([endpoint("10.1.100.1/24", "10.1.100.254/24", "10.1.100.7/24")], cfg,
