@@ -33,6 +33,7 @@ RETRY_MAX = 10.0
 # Events replayed from a little before the listing, so nothing between subscribing and listing is missed
 # (a replayed event only costs a re-inspection).
 REPLAY = 2.0
+REQUEST_TIMEOUT = 30.0
 
 
 class DockerUnavailable(RuntimeError):
@@ -42,10 +43,14 @@ class DockerUnavailable(RuntimeError):
 def _client(socket: Path) -> aiodocker.Docker:
     try:
         import aiodocker
+        import aiohttp
     except ImportError:
         raise DockerUnavailable("[docker] enabled needs the aiodocker package: "
                                 "pip install 'ipvlan-bgp-agent[docker]'") from None
-    return aiodocker.Docker(url=f"unix://{socket}")
+    # aiohttp's default is no timeout at all: a wedged dockerd would stall the source for good. (The event
+    # stream keeps only the connect timeout.)
+    return aiodocker.Docker(url=f"unix://{socket}", timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT,
+                                                                                  connect=REQUEST_TIMEOUT))
 
 
 def _addresses(*texts: str | None) -> frozenset[IPAddress]:
