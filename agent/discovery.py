@@ -270,6 +270,10 @@ class Discovery:
         """The current view of every watched container namespace, by path (for diagnostics and tests)."""
         return {w.path: w.view for w, _ in self._watchers.values() if w.path is not None and w.view is not None}
 
+    def namespace_ids(self) -> dict[str, tuple[int, int]]:
+        """Path -> identity (device, inode) of every watched container namespace (matched to Docker's sandboxes)."""
+        return {w.path: key for key, (w, _) in self._watchers.items() if w.path is not None}
+
     def stats(self) -> DiscoveryStats:
         watchers = [w for w, _ in self._watchers.values()]
         dropped = self._own.dropped + self._dropped_of_gone

@@ -40,13 +40,19 @@ class DockerUnavailable(RuntimeError):
     pass
 
 
-def _client(socket: Path) -> aiodocker.Docker:
+def require_client() -> None:
     try:
-        import aiodocker
-        import aiohttp
+        import aiodocker  # noqa: F401
     except ImportError:
         raise DockerUnavailable("[docker] enabled needs the aiodocker package: "
                                 "pip install 'ipvlan-bgp-agent[docker]'") from None
+
+
+def _client(socket: Path) -> aiodocker.Docker:
+    require_client()
+    import aiodocker
+    import aiohttp
+
     # aiohttp's default is no timeout at all: a wedged dockerd would stall the source for good. (The event
     # stream keeps only the connect timeout.)
     return aiodocker.Docker(url=f"unix://{socket}", timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT,

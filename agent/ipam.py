@@ -20,6 +20,7 @@ from enum import StrEnum
 from .config import DockerConfig, NetworkConfig
 from .endpoints import Endpoint
 from .model import Attributes, Community, IPAddress, IPNetwork, LargeCommunity
+from .routes import Desired
 
 NamespaceId = tuple[int, int]  # (st_dev, st_ino) of a namespace file: equal for every bind mount of it
 
@@ -201,3 +202,18 @@ def check_ownership(endpoints: Iterable[Endpoint], namespaces: Mapping[str, Name
         kept.append(endpoint if len(addresses) == len(endpoint.addresses)
                     else replace(endpoint, addresses=tuple(addresses)))
     return Ownership(tuple(kept), refused, extras, tuple(dict.fromkeys(problems)))
+
+
+def with_extras(desired: Desired, extras: Mapping[IPNetwork, Attributes]) -> Desired:
+    """``desired`` with each host route's communities extended by what its container's labels add."""
+    if not extras:
+        return desired
+    routes = dict(desired.routes)
+    for prefix, extra in extras.items():
+        route = routes.get(prefix)
+        if route is not None:
+            a = route.attributes
+            routes[prefix] = replace(route, attributes=Attributes(
+                (*a.communities, *extra.communities), (*a.large_communities, *extra.large_communities),
+                a.local_pref, a.med))
+    return replace(desired, routes=routes)

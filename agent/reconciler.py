@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .config import AgentConfig
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker
-from .model import IPAddress, IPNetwork, Route
+from .ipam import with_docker
+from .model import Attributes, IPAddress, IPNetwork, Route
 from .routes import Desired, Plan, Refusal, desired_routes, plan
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ class Reconciler:
         # What we advertised last, kept across invalidate(): after gobgpd restarts with an empty RIB these keep
         # their place under the caps.
         self.advertised: set[IPNetwork] = set()
+        # With [docker] on (set by the owner, see agent.docker_ownership): communities container labels add per
+        # host prefix, what Docker's IPAM refused, and `frozen` (hold what gobgpd has) until Docker first answers.
+        self.extras: Mapping[IPNetwork, Attributes] = {}
+        self.docker_refused: Mapping[IPNetwork, tuple[Refusal, tuple[str, ...]]] = {}
+        self.frozen = False
         # gobgpd's path count per family as implied by our last full read and our own changes since.
         self._expected_counts: dict[int, int] | None = None
 
@@ -96,7 +102,10 @@ class Reconciler:
         return {route.prefix: route for route in routes}
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
-        desired = desired_routes(endpoints, self.config, self.host_addresses)
+        if self.frozen:
+            return Desired(dict(actual), {}), Plan(keep=tuple(actual.values()))
+        desired = with_docker(desired_routes(endpoints, self.config, self.host_addresses), self.extras,
+                              self.docker_refused)
         return desired, plan(desired.routes, actual, self.config.max_prefixes, self.config.namespace_quota,
                              desired.owners, self.advertised)
 
@@ -145,6 +154,8 @@ class Reconciler:
             Refusal.EXCLUDED: "in an `exclude` prefix of its network",
             Refusal.HOST_ADDRESS: "an address of this host (or a configured next hop)",
             Refusal.DUPLICATE: "claimed from more than one namespace, advertised for none until unique",
+            Refusal.NOT_ASSIGNED_BY_DOCKER: "inside a Docker network, not assigned by Docker to that endpoint",
+            Refusal.OPTED_OUT: "its container opted out (label ipvlan-bgp.advertise)",
         }
         now: dict[Refusal, set[IPNetwork]] = {reason: set(desired.refused_for(reason)) for reason in why}
         now[Refusal.QUOTA] = {r.prefix for r in p.over_quota}

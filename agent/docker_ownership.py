@@ -1,0 +1,81 @@
+"""What the daemon asks of Docker each pass (``[docker] enabled``): the networks Docker supplies and the
+addresses its IPAM did not assign, refused with a reason (logged once each, counted by reason).
+
+Until Docker has answered once, nothing is known about its networks or assignments: passes are then
+frozen (``frozen``: nothing withdrawn, nothing new advertised), so an agent that starts while Docker is
+down neither drops live paths nor advertises addresses it cannot check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .config import AgentConfig
+from .docker_source import DockerSource, require_client
+from .endpoints import Endpoint
+from .ipam import AddressRefusal, NamespaceId, NetworkRefusal, check_ownership, docker_networks
+from .model import Attributes, IPNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Filtered:
+    endpoints: tuple[Endpoint, ...]
+    config: AgentConfig  # with the networks Docker supplies appended to [[networks]]
+    extras: Mapping[IPNetwork, Attributes] = field(default_factory=dict)
+
+
+class DockerOwnership:
+    def __init__(self, config: AgentConfig, on_change: Callable[[], None]) -> None:
+        require_client()
+        self.source = DockerSource(config.docker.socket, on_change)
+        self.refused: Mapping[IPNetwork, AddressRefusal] = {}
+        self.network_refusals: tuple[NetworkRefusal, ...] = ()
+        self.supplied: tuple[str, ...] = ()
+        self._label_problems: set[str] = set()
+        self._frozen_logged = False
+
+    async def run(self) -> None:
+        await self.source.run()
+
+    @property
+    def frozen(self) -> bool:
+        if self.source.view is None and not self._frozen_logged:
+            log.warning("Docker has not answered yet: holding gobgpd's paths as they are until it does")
+            self._frozen_logged = True
+        return self.source.view is None
+
+    def apply(self, endpoints: Iterable[Endpoint], namespaces: Mapping[str, NamespaceId],
+              config: AgentConfig) -> Filtered:
+        view = self.source.view
+        if view is None:
+            return Filtered(tuple(endpoints), config)
+        supplied, network_refusals = docker_networks(view, config.uplinks, config.docker, config.networks)
+        for dropped in set(network_refusals) - set(self.network_refusals):
+            log.warning("Docker network %s: subnet %s not used: %s", dropped.network, dropped.subnet, dropped.reason)
+        self.network_refusals = network_refusals
+        labels = tuple(f"{n.name} {n.prefix}" for n in supplied)
+        if labels != self.supplied:
+            log.info("networks from Docker: %s", ", ".join(labels) or "none")
+            self.supplied = labels
+        if supplied:
+            config = config.model_copy(update={"networks": (*config.networks, *supplied)})
+        ownership = check_ownership(endpoints, namespaces, view, config.docker)
+        for prefix, refusal in ownership.refused.items():
+            if self.refused.get(prefix) != refusal:
+                who = f" (container {refusal.container})" if refusal.container else ""
+                log.warning("refused %s from %s%s: %s", prefix, refusal.endpoint, who, refusal.reason.value)
+        self.refused = ownership.refused
+        for problem in set(ownership.label_problems) - self._label_problems:
+            log.warning("label ignored: %s", problem)
+        self._label_problems = set(ownership.label_problems)
+        return Filtered(ownership.endpoints, config, ownership.extras)
+
+    def refused_by_reason(self) -> dict[str, set[IPNetwork]]:
+        by_reason: dict[str, set[IPNetwork]] = {}
+        for prefix, refusal in self.refused.items():
+            by_reason.setdefault(refusal.reason.value, set()).add(prefix)
+        return by_reason
