@@ -1,7 +1,7 @@
 """A Docker host wired to an FRR ToR, inside the VM: the real Docker engine (Debian's docker.io), gobgpd and the
 agent in the guest's own namespace, the ToR (zebra + bgpd) in a namespace of its own.
 
-    ToR netns (FRR, AS 65000)                        guest root namespace (AS 65001)
+    ToR netns (FRR, AS 65000)                        guest root namespace (AS 65001), an IPv6 session on up0
       eth1 192.0.2.2/30 2001:db8:ff::2/64  ── veth ── <up0> 192.0.2.1/30 2001:db8:ff::1/64  parent of the L3 network
       eth2 192.0.2.6/30                    ── veth ── <up1> 192.0.2.5/30                    parent of the L3S network
                                                       dockerd (tmpfs data root), gobgpd, agent
@@ -131,14 +131,23 @@ router bgp 65000
  neighbor 192.0.2.1 timers connect 1
  neighbor 192.0.2.5 remote-as 65001
  neighbor 192.0.2.5 timers connect 1
+ neighbor 2001:db8:ff::1 remote-as 65001
+ neighbor 2001:db8:ff::1 timers connect 1
  !
  address-family ipv4 unicast
   neighbor 192.0.2.1 prefix-list from-l3 in
   neighbor 192.0.2.5 prefix-list from-l3s in
+  no neighbor 2001:db8:ff::1 activate
+ exit-address-family
+ !
+ address-family ipv6 unicast
+  neighbor 2001:db8:ff::1 activate
+  neighbor 2001:db8:ff::1 prefix-list from-l3-v6 in
  exit-address-family
 !
 ip prefix-list from-l3 seq 10 permit 10.1.0.0/16 le 32
 ip prefix-list from-l3s seq 10 permit 10.2.0.0/16 le 32
+ipv6 prefix-list from-l3-v6 seq 10 permit 2001:db8:100::/48 le 128
 !
 line vty
 !
@@ -204,8 +213,8 @@ class DockerRack:
         conf.write_text(TOR_FRR)
         self.tor = FrrRouter(self.tor_ns, conf, self.workdir / "tor")
         self.tor_procs = self.tor.start()
-        neighbors = NEIGHBOR.format(address="192.0.2.2", family="ipv4-unicast") + \
-            NEIGHBOR.format(address="192.0.2.6", family="ipv4-unicast")
+        neighbors = "".join(NEIGHBOR.format(address=address, family=family) for address, family in (
+            ("192.0.2.2", "ipv4-unicast"), ("192.0.2.6", "ipv4-unicast"), ("2001:db8:ff::2", "ipv6-unicast")))
         self.gobgpd = Gobgpd(GOBGPD.format(neighbors=neighbors), self.workdir / "gobgpd").start()
         self.start_agent()
 

@@ -38,7 +38,7 @@ def rack() -> Iterator[DockerRack]:
         engine.build_image()
         rack.up()
         engine.docker("network", "create", "-d", "ipvlan", "-o", f"parent={rack.uplinks[0]}", "-o", "ipvlan_mode=l3",
-                      "--subnet", "10.1.100.0/24", L3)
+                      "--subnet", "10.1.100.0/24", "--ipv6", "--subnet", "2001:db8:100::/64", L3)
         engine.docker("network", "create", "-d", "ipvlan", "-o", f"parent={rack.uplinks[1]}", "-o",
                       "ipvlan_mode=l3s", "--subnet", "10.2.100.0/24", L3S)
         deadline = time.monotonic() + 120
@@ -62,7 +62,9 @@ def sessions_up(rack: DockerRack) -> bool:
         peers = rack.tor.bgp_summary().get("ipv4Unicast", {}).get("peers", {})
     except RuntimeError:
         return False
-    return all(peers.get(p, {}).get("state") == "Established" for p in ("192.0.2.1", "192.0.2.5"))
+    v6 = rack.tor.bgp_summary().get("ipv6Unicast", {}).get("peers", {})
+    return all(peers.get(p, {}).get("state") == "Established" for p in ("192.0.2.1", "192.0.2.5")) \
+        and v6.get("2001:db8:ff::1", {}).get("state") == "Established"
 
 
 @pytest.fixture
@@ -112,6 +114,26 @@ async def test_fixed_and_ipam_assigned_addresses_reach_the_tor(rack: DockerRack,
         cleanup(rack, *names)
     for aggregate in AGGREGATE.values():  # the last container gone: the aggregates go too
         await tor_fib.wait_for(aggregate, present=False)
+
+
+async def test_ipv6_network_reaches_the_tor(rack: DockerRack, tor_fib: FibWatch) -> None:
+    """`docker network create --ipv6`: each container's /128 and the network's /64 in the ToR FIB, ping6."""
+    try:
+        v4, _ = await run_and_wait(rack, tor_fib, "dual", L3)
+        returned = time.monotonic()
+        fixed = "2001:db8:100::66"
+        rack.engine.run("dual6", L3, "--ip6", fixed)
+        v6 = rack.engine.address("dual", L3, family=6)
+        assert v6.startswith("2001:db8:100:"), v6
+        for address in (v6, fixed):
+            arrived = await tor_fib.wait_for(f"{address}/128")
+            print(f"{address}/128 via {tor_fib.routes[f'{address}/128']}, {arrived - returned:.2f} s after docker run")
+            assert rack.ping(address), f"the ToR cannot ping6 {address}"
+        await tor_fib.wait_for("2001:db8:100::/64")
+        assert rack.ping(v4)
+    finally:
+        cleanup(rack, "dual", "dual6")
+    await tor_fib.wait_for("2001:db8:100::/64", present=False)
 
 
 async def test_stop_start_restart_kill_rm(rack: DockerRack, tor_fib: FibWatch) -> None:
