@@ -34,6 +34,9 @@ RETRY_MAX = 10.0
 # (a replayed event only costs a re-inspection).
 REPLAY = 2.0
 REQUEST_TIMEOUT = 30.0
+# What can change a container's sandbox or addresses, or a network; not exec_*, attach, resize...
+EVENT_FILTERS = {"type": ["container", "network"],
+                 "event": ["start", "die", "destroy", "connect", "disconnect", "create", "remove"]}
 
 
 class DockerUnavailable(RuntimeError):
@@ -147,7 +150,7 @@ class DockerSource:
         try:
             since = time.time() - REPLAY
             events = docker.events.subscribe(  # type: ignore[no-untyped-call]
-                filters=json.dumps({"type": ["container", "network"]}), since=f"{since:.3f}")
+                filters=json.dumps(EVENT_FILTERS), since=f"{since:.3f}")
             listed = await docker.networks.list(filters={"driver": "ipvlan"})  # as complete as an inspection
             networks = {n.id: n for n in map(network_from_inspect, listed)}
             containers = {}

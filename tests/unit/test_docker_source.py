@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.docker_source import DockerSource
+from agent.docker_source import EVENT_FILTERS, DockerSource
 
 from ..helpers import eventually
 
@@ -64,7 +64,7 @@ class FakeEngine:
         return web.json_response(found) if found else web.json_response({"message": "No such container"}, status=404)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        assert json.loads(request.query["filters"]) == {"type": ["container", "network"]} and "since" in request.query
+        assert json.loads(request.query["filters"]) == EVENT_FILTERS and "since" in request.query
         response = web.StreamResponse()
         await response.prepare(request)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -148,5 +148,5 @@ async def test_follows_events_and_keeps_the_last_view_while_docker_is_away(
     engine.emit({"Type": "container", "Action": "die", "Actor": {"ID": "b"}})
     await eventually(lambda: assigned(source) == {}, what="a stopped container to leave the view")
     engine.networks.pop("n1")
-    engine.emit({"Type": "network", "Action": "destroy", "Actor": {"ID": "n1"}})
+    engine.emit({"Type": "network", "Action": "remove", "Actor": {"ID": "n1"}})
     await eventually(lambda: source.view is not None and not source.view.networks, what="the network to go")
