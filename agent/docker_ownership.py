@@ -8,17 +8,21 @@ down neither drops live paths nor advertises addresses it cannot check.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .config import AgentConfig
 from .docker_source import DockerSource, require_client
 from .endpoints import Endpoint
-from .ipam import AddressRefusal, NamespaceId, NetworkRefusal, check_ownership, docker_networks
+from .ipam import AddressRefusal, NamespaceId, NetworkRefusal, Refusal, check_ownership, docker_networks
 from .model import Attributes, IPNetwork
 
 log = logging.getLogger(__name__)
+
+LOG_GRACE = 5.0  # seconds an unassigned address must stay refused before it is logged
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,10 @@ class DockerOwnership:
     def __init__(self, config: AgentConfig, on_change: Callable[[], None]) -> None:
         require_client()
         self.source = DockerSource(config.docker.socket, on_change)
+        self._on_change = on_change
+        self._first_refused: dict[IPNetwork, float] = {}
+        self._logged: dict[IPNetwork, AddressRefusal] = {}
+        self._recheck_pending = False
         self.refused: Mapping[IPNetwork, AddressRefusal] = {}
         self.network_refusals: tuple[NetworkRefusal, ...] = ()
         self.supplied: tuple[str, ...] = ()
@@ -64,15 +72,37 @@ class DockerOwnership:
         if supplied:
             config = config.model_copy(update={"networks": (*config.networks, *supplied)})
         ownership = check_ownership(endpoints, namespaces, view, config.docker)
-        for prefix, refusal in ownership.refused.items():
-            if self.refused.get(prefix) != refusal:
-                who = f" (container {refusal.container})" if refusal.container else ""
-                log.warning("refused %s from %s%s: %s", prefix, refusal.endpoint, who, refusal.reason.value)
+        self._log_refusals(ownership.refused)
         self.refused = ownership.refused
         for problem in set(ownership.label_problems) - self._label_problems:
             log.warning("label ignored: %s", problem)
         self._label_problems = set(ownership.label_problems)
         return Filtered(ownership.endpoints, config, ownership.extras)
+
+    def _log_refusals(self, refused: Mapping[IPNetwork, AddressRefusal]) -> None:
+        """Each refusal once. Docker tells of a new container or connection a moment after netlink shows its
+        address, so an unassigned address is logged only if it is still refused LOG_GRACE seconds later (a
+        pass is requested then); an opt-out is logged at once."""
+        now = time.monotonic()
+        self._first_refused = {p: self._first_refused.get(p, now) for p in refused}
+        self._logged = {p: r for p, r in self._logged.items() if refused.get(p) == r}
+        pending = False
+        for prefix, refusal in refused.items():
+            if prefix in self._logged:
+                continue
+            if refusal.reason is Refusal.NOT_ASSIGNED_BY_DOCKER and now - self._first_refused[prefix] < LOG_GRACE:
+                pending = True
+                continue
+            who = f" (container {refusal.container})" if refusal.container else ""
+            log.warning("refused %s from %s%s: %s", prefix, refusal.endpoint, who, refusal.reason.value)
+            self._logged[prefix] = refusal
+        if pending and not self._recheck_pending:
+            self._recheck_pending = True
+            asyncio.get_running_loop().call_later(LOG_GRACE, self._recheck)
+
+    def _recheck(self) -> None:
+        self._recheck_pending = False
+        self._on_change()
 
     def refused_by_reason(self) -> dict[str, set[IPNetwork]]:
         by_reason: dict[str, set[IPNetwork]] = {}
