@@ -55,6 +55,8 @@ class DockerEngine:
         return self.exec_root / "netns"
 
     def start(self, live_restore: bool = False, timeout: float = 120) -> None:
+        if not Path("/sys/fs/cgroup/cgroup.controllers").exists():  # a bare guest may have no cgroup2 mounted
+            sh("mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup", check=False)
         argv = [DOCKERD, "--data-root", str(self.root / "data"), "--exec-root", str(self.exec_root),
                 "--host", f"unix://{self.socket}", "--pidfile", str(self.root / "docker.pid"),
                 "--storage-driver=vfs", "--bridge=none", "--iptables=false", "--ip6tables=false"]
