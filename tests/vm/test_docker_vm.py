@@ -109,6 +109,10 @@ async def test_fixed_and_ipam_assigned_addresses_reach_the_tor(rack: DockerRack,
             assert rack.ping(address), f"the ToR cannot reach {name} at {address}"
         for aggregate in AGGREGATE.values():  # networks supplied by Docker, not configured: aggregates too
             await tor_fib.wait_for(aggregate)
+        await tor_fib.wait_for("2001:db8:100::/64")
+        for family in ("-4", "-6"):  # for the README's walk-through
+            shown = sh("ip", "-n", rack.tor_ns, family, "route", "show", "proto", "bgp").stdout
+            print(f"tor$ ip {family} route show proto bgp\n{shown}")
         print(f"docker run returned -> /32 in the ToR FIB, {summary(samples)}")
     finally:
         cleanup(rack, *names)
