@@ -30,6 +30,7 @@ from . import wiring
 from .config import AgentConfig, ConfigError, OnShutdown, load_config
 from .dampening import FlapDamper
 from .discovery import DiscoveryStats, EndpointSource
+from .docker_ownership import DockerOwnership
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
@@ -88,6 +89,8 @@ class Daemon:
         self.discovery.subscribe(lambda: self.wakeups.post(Reason.CHANGE))
         self.state = AgentState(gobgp_target=config.gobgp.target)
         self.status_server = StatusServer(lambda: self.state, self.speaker.list_peers, config.status.socket)
+        self.docker = DockerOwnership(config, lambda: self.wakeups.post(Reason.CHANGE)) \
+            if config.docker.enabled else None
         self.failure: str | None = None  # why the agent gave up (exits non-zero)
         self._held_down: tuple[Endpoint, ...] = ()
         self._on_ready = on_ready
@@ -153,6 +156,8 @@ class Daemon:
             asyncio.create_task(self._supervised("gobgp-watch", self._watch_gobgp), name="gobgp-watch"),
             asyncio.create_task(self._supervised("drift-checks", self._drift_timer), name="drift-checks"),
         ]
+        if self.docker is not None:
+            tasks.append(asyncio.create_task(self._supervised("docker", self.docker.run), name="docker"))
         interval = watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(self._supervised("watchdog", lambda: self._liveness(interval)),
@@ -309,7 +314,8 @@ class Daemon:
         error: str | None = None
         try:
             self.reconciler.host_addresses = self.discovery.host_addresses()
-            plan = await self.reconciler.reconcile(damped.endpoints)
+            usable = self._docker_filter(damped.endpoints) if self.docker is not None else damped.endpoints
+            plan = await self.reconciler.reconcile(usable)
         except Exception as exc:  # any failure costs a retry, never the loop
             error = type(exc).__name__
             if isinstance(exc, GobgpError):
@@ -326,6 +332,15 @@ class Daemon:
             advertised=frozenset(self.reconciler.actual or {}), refused=refused, refused_before=refused_before,
             netlink_dropped=stats.dropped,
         )
+
+    def _docker_filter(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """[docker]: only the addresses Docker assigned, its networks, label communities (agent.docker_ownership)."""
+        assert self.docker is not None
+        filtered = self.docker.apply(endpoints, self.discovery.namespace_ids(), self.config)
+        r = self.reconciler
+        r.config, r.extras, r.docker_refused, r.frozen = (filtered.config, filtered.extras, filtered.refused,
+                                                          self.docker.frozen)
+        return filtered.endpoints
 
     def _publish_pass(self, endpoints: tuple[Endpoint, ...], held: tuple[Endpoint, ...], stats: DiscoveryStats,
                       refused: Mapping[Refusal, frozenset[IPNetwork]]) -> None:

@@ -1,9 +1,12 @@
-"""What the daemon asks of Docker each pass (``[docker] enabled``): the networks Docker supplies and the
-addresses its IPAM did not assign, refused with a reason (logged once each, counted by reason).
+"""What the daemon asks of Docker each pass (``[docker] enabled``): the networks Docker supplies, the addresses
+its IPAM did not assign (kept out, and reported as refusals through the reconciler, so that the log, the
+status socket and the refusal metrics show them with the rest), and the communities container labels add.
 
-Until Docker has answered once, nothing is known about its networks or assignments: passes are then
-frozen (``frozen``: nothing withdrawn, nothing new advertised), so an agent that starts while Docker is
-down neither drops live paths nor advertises addresses it cannot check.
+Docker tells of a new container or connection a moment after netlink shows its address: an unassigned address
+is kept out at once but reported as refused only if it is still unassigned ``REPORT_GRACE`` seconds later (a
+pass is requested then). Until Docker has answered once, nothing is known about its networks or assignments:
+passes are then frozen (``frozen``: nothing withdrawn, nothing new advertised), so an agent that starts while
+Docker is down neither drops live paths nor advertises addresses it cannot check.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from dataclasses import dataclass, field
 from .config import AgentConfig
 from .docker_source import DockerSource, require_client
 from .endpoints import Endpoint
-from .ipam import AddressRefusal, NamespaceId, NetworkRefusal, Refusal, check_ownership, docker_networks
+from .ipam import AddressRefusal, NamespaceId, NetworkRefusal, check_ownership, docker_networks
 from .model import Attributes, IPNetwork
+from .routes import Refusal
 
 log = logging.getLogger(__name__)
 
-LOG_GRACE = 5.0  # seconds an unassigned address must stay refused before it is logged
+Reported = tuple[Refusal, tuple[str, ...]]  # (why, who), as routes.Desired.refused holds it
+REPORT_GRACE = 5.0  # seconds an unassigned address stays kept out before it is reported as refused
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Filtered:
     endpoints: tuple[Endpoint, ...]
     config: AgentConfig  # with the networks Docker supplies appended to [[networks]]
     extras: Mapping[IPNetwork, Attributes] = field(default_factory=dict)
+    refused: Mapping[IPNetwork, Reported] = field(default_factory=dict)  # to report
 
 
 class DockerOwnership:
@@ -38,9 +44,7 @@ class DockerOwnership:
         self.source = DockerSource(config.docker.socket, on_change)
         self._on_change = on_change
         self._first_refused: dict[IPNetwork, float] = {}
-        self._logged: dict[IPNetwork, AddressRefusal] = {}
         self._recheck_pending = False
-        self.refused: Mapping[IPNetwork, AddressRefusal] = {}
         self.network_refusals: tuple[NetworkRefusal, ...] = ()
         self.supplied: tuple[str, ...] = ()
         self._label_problems: set[str] = set()
@@ -72,40 +76,27 @@ class DockerOwnership:
         if supplied:
             config = config.model_copy(update={"networks": (*config.networks, *supplied)})
         ownership = check_ownership(endpoints, namespaces, view, config.docker)
-        self._log_refusals(ownership.refused)
-        self.refused = ownership.refused
         for problem in set(ownership.label_problems) - self._label_problems:
             log.warning("label ignored: %s", problem)
         self._label_problems = set(ownership.label_problems)
-        return Filtered(ownership.endpoints, config, ownership.extras)
+        return Filtered(ownership.endpoints, config, ownership.extras, self._to_report(ownership.refused))
 
-    def _log_refusals(self, refused: Mapping[IPNetwork, AddressRefusal]) -> None:
-        """Each refusal once. Docker tells of a new container or connection a moment after netlink shows its
-        address, so an unassigned address is logged only if it is still refused LOG_GRACE seconds later (a
-        pass is requested then); an opt-out is logged at once."""
+    def _to_report(self, refused: Mapping[IPNetwork, AddressRefusal]) -> dict[IPNetwork, Reported]:
         now = time.monotonic()
         self._first_refused = {p: self._first_refused.get(p, now) for p in refused}
-        self._logged = {p: r for p, r in self._logged.items() if refused.get(p) == r}
+        report: dict[IPNetwork, Reported] = {}
         pending = False
         for prefix, refusal in refused.items():
-            if prefix in self._logged:
-                continue
-            if refusal.reason is Refusal.NOT_ASSIGNED_BY_DOCKER and now - self._first_refused[prefix] < LOG_GRACE:
+            if refusal.reason is Refusal.NOT_ASSIGNED_BY_DOCKER and now - self._first_refused[prefix] < REPORT_GRACE:
                 pending = True
                 continue
-            who = f" (container {refusal.container})" if refusal.container else ""
-            log.warning("refused %s from %s%s: %s", prefix, refusal.endpoint, who, refusal.reason.value)
-            self._logged[prefix] = refusal
+            who = f"{refusal.endpoint} (container {refusal.container})" if refusal.container else refusal.endpoint
+            report[prefix] = (refusal.reason, (who,))
         if pending and not self._recheck_pending:
             self._recheck_pending = True
-            asyncio.get_running_loop().call_later(LOG_GRACE, self._recheck)
+            asyncio.get_running_loop().call_later(REPORT_GRACE, self._recheck)
+        return report
 
     def _recheck(self) -> None:
         self._recheck_pending = False
         self._on_change()
-
-    def refused_by_reason(self) -> dict[str, set[IPNetwork]]:
-        by_reason: dict[str, set[IPNetwork]] = {}
-        for prefix, refusal in self.refused.items():
-            by_reason.setdefault(refusal.reason.value, set()).add(prefix)
-        return by_reason

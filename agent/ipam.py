@@ -15,12 +15,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 from .config import DockerConfig, NetworkConfig
 from .endpoints import Endpoint
 from .model import Attributes, Community, IPAddress, IPNetwork, LargeCommunity
-from .routes import Desired
+from .routes import Desired, Refusal
 
 NamespaceId = tuple[int, int]  # (st_dev, st_ino) of a namespace file: equal for every bind mount of it
 
@@ -28,11 +27,6 @@ LABEL_ADVERTISE = "ipvlan-bgp.advertise"
 LABEL_COMMUNITIES = "ipvlan-bgp.communities"
 LABEL_LARGE_COMMUNITIES = "ipvlan-bgp.large-communities"
 ROUTED_MODES = ("l3", "l3s")
-
-
-class Refusal(StrEnum):
-    NOT_ASSIGNED_BY_DOCKER = "not_assigned_by_docker"
-    OPTED_OUT = "opted_out"
 
 
 @dataclass(frozen=True)
@@ -204,9 +198,11 @@ def check_ownership(endpoints: Iterable[Endpoint], namespaces: Mapping[str, Name
     return Ownership(tuple(kept), refused, extras, tuple(dict.fromkeys(problems)))
 
 
-def with_extras(desired: Desired, extras: Mapping[IPNetwork, Attributes]) -> Desired:
-    """``desired`` with each host route's communities extended by what its container's labels add."""
-    if not extras:
+def with_docker(desired: Desired, extras: Mapping[IPNetwork, Attributes],
+                refused: Mapping[IPNetwork, tuple[Refusal, tuple[str, ...]]]) -> Desired:
+    """``desired`` with each host route's communities extended by what its container's labels add, and with
+    the addresses Docker's IPAM refused among its refusals (so status, metrics and logs show them)."""
+    if not extras and not refused:
         return desired
     routes = dict(desired.routes)
     for prefix, extra in extras.items():
@@ -216,4 +212,4 @@ def with_extras(desired: Desired, extras: Mapping[IPNetwork, Attributes]) -> Des
             routes[prefix] = replace(route, attributes=Attributes(
                 (*a.communities, *extra.communities), (*a.large_communities, *extra.large_communities),
                 a.local_pref, a.med))
-    return replace(desired, routes=routes)
+    return replace(desired, routes=routes, refused={**refused, **desired.refused})

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.lab.frr import FrrRouter
-from agent.lab.gobgpd import Gobgpd
-from agent.lab.netns import enter
+from ipvlan_bgp_lab.frr import FrrRouter
+from ipvlan_bgp_lab.gobgpd import Gobgpd
+from ipvlan_bgp_lab.netns import enter
 
 DOCKER = "/usr/bin/docker"  # Debian's CLI, the one that matches its dockerd
 DOCKERD = "/usr/sbin/dockerd"

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-from agent.lab.fibwatch import FibWatch
+from ipvlan_bgp_lab.fibwatch import FibWatch
 
 from ..helpers import eventually
 from .dockerrack import DOCKER, IDLE, IMAGE, DockerEngine, DockerRack, guest_tmp, sh
