@@ -51,7 +51,8 @@ async def test_frozen_until_docker_answers_then_networks_and_refusals(monkeypatc
     assert [str(n.prefix) for n in result.config.networks] == ["10.2.0.0/16", "10.1.100.0/24"]  # one from Docker
     assert [[str(a.ip) for a in e.addresses] for e in result.endpoints] == [["10.1.100.2"], []]
     # the opt-out is reported at once; the unassigned address is kept out but not reported yet
-    assert result.refused == {net("10.1.100.3/32"): (Refusal.OPTED_OUT, ("/run/docker/netns/bbb:eth0 (container quiet)",))}
+    quiet = ("/run/docker/netns/bbb:eth0 (container quiet)",)
+    assert result.refused == {net("10.1.100.3/32"): (Refusal.OPTED_OUT, quiet)}
     await asyncio.sleep(0.3)
     assert passes, "a pass is requested when the grace period ends"
     result = own.apply(ENDPOINTS, SANDBOX, CONFIG)
