@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from ipvlan_bgp_lab.fibwatch import FibWatch
 
+from agent.status import query
+
 from ..helpers import eventually
 from .dockerrack import DOCKER, IDLE, IMAGE, DockerEngine, DockerRack, guest_tmp, sh
 
@@ -228,14 +230,17 @@ async def test_ipam_ownership_labels_and_refusals(rack: DockerRack, tor_fib: Fib
                                        "ipvlan-bgp.communities=65001:200,65001:666")
         await eventually(lambda: "refused 10.1.100.200/32" in rack.agent_log_text()
                          and "refused 10.1.100.201/32" in rack.agent_log_text(), timeout=60,
-                         what="the agent to refuse both")
+                         what="the agent to report both refusals")
         witness, _ = await run_and_wait(rack, tor_fib, "witness", L3)  # a pass after both refusals
         assert "10.1.100.200/32" not in tor_fib.routes and "10.1.100.201/32" not in tor_fib.routes
         assert not rack.ping("10.1.100.200")
         log = rack.agent_log_text()
-        assert "refused 10.1.100.200/32" in log and "not_assigned_by_docker" in log
-        assert "(container quiet): opted_out" in log
+        assert "(container rogue): inside a Docker network, not assigned by Docker" in log
+        assert "refused 10.1.100.201/32 from" in log and "(container quiet): its container opted out" in log
         assert "65001:666 is not allowed on network l3net" in log
+        status = await query(rack.workdir / "agent.sock", "status")
+        refused = status["prefixes"]["refused"]
+        assert "10.1.100.200/32" in refused["not_assigned_by_docker"] and refused["opted_out"] == ["10.1.100.201/32"]
         assert "65001:200" in community_at_tor(rack, f"{tagged}/32")
         assert "65001:666" not in community_at_tor(rack, f"{tagged}/32")
         for address in (rogue, tagged, witness):
