@@ -16,6 +16,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from pydantic import ValidationError
+
 from .config import DockerConfig, NetworkConfig
 from .endpoints import Endpoint
 from .model import Attributes, Community, IPAddress, IPNetwork, LargeCommunity
@@ -99,7 +101,10 @@ def docker_networks(
             if any(s.prefix.version == subnet.version and s.prefix.overlaps(subnet) for s in supplied):
                 refused.append(NetworkRefusal(net.name, subnet, "overlaps another Docker network's subnet"))
                 continue
-            supplied.append(NetworkConfig.model_construct(prefix=subnet, name=f"docker:{net.name}"))
+            try:  # the checks an operator's [[networks]] entry gets (not too wide, ...)
+                supplied.append(NetworkConfig.model_validate({"prefix": str(subnet), "name": f"docker:{net.name}"}))
+            except ValidationError as exc:
+                refused.append(NetworkRefusal(net.name, subnet, "; ".join(e["msg"] for e in exc.errors())))
     return tuple(supplied), tuple(refused)
 
 

@@ -151,6 +151,11 @@ def test_networks_supplied_by_docker_are_bounded() -> None:
     assert [(str(n.prefix), n.name) for n in supplied] == [("10.1.100.0/24", "docker:web")]
     assert {(r.network, str(r.subnet)) for r in refusals} == {("web", "2001:db8:100::/64"),
                                                               ("wide", "192.168.0.0/16")}
+    # a supernet as wide as the operator likes, yet a Docker subnet gets the checks a [[networks]] entry gets
+    lax = parse_config({**BASE, "docker": {"enabled": True, "allowed_supernets": ["0.0.0.0/0"]}})
+    huge = DockerNetwork("n6", "huge", "ipvlan", "eth1", "l3", (ipaddress.ip_network("10.0.0.0/7"),))
+    supplied, refusals = docker_networks(DockerView({"n6": huge}, {}), lax.uplinks, lax.docker, lax.networks)
+    assert supplied == () and "wider than /8" in refusals[0].reason
 
 
 def test_docker_config_defaults_and_checks() -> None:
