@@ -45,7 +45,8 @@ def containers(lab: EmbeddedLab) -> list[Container]:
         out = ip("-j", "addr", "show", "scope", "global", netns=ns, check=False)
         for iface in json.loads(out.stdout or "[]"):
             for info in iface.get("addr_info", []):
-                found.append(Container(ns, owner.get(ns, "?"), info["local"]))
+                if "local" in info:  # `ip -j` lists an address the filter dropped as an empty object
+                    found.append(Container(ns, owner.get(ns, "?"), info["local"]))
     return sorted(found, key=lambda c: (ipaddress.ip_address(c.address).version, ipaddress.ip_address(c.address)))
 
 
@@ -92,5 +93,6 @@ def neighbor_of(lab: EmbeddedLab, router: str) -> dict[str, str]:
                      check=False)
             for iface in json.loads(out.stdout or "[]"):
                 for info in iface.get("addr_info", []):
-                    names[info["local"]] = there[0]
+                    if "local" in info:
+                        names[info["local"]] = there[0]
     return names

@@ -103,10 +103,9 @@ class DockerEngine:
             if link.is_symlink():
                 link.unlink()
                 link.symlink_to("busybox")
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run([DOCKER, "-H", f"unix://{self.socket}", "import", "-", IMAGE], stdin=tar.stdout,
-                                  capture_output=True, text=True, timeout=120)
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+            imported = subprocess.run([DOCKER, "-H", f"unix://{self.socket}", "import", "-", IMAGE],
+                                      stdin=tar.stdout, capture_output=True, text=True, timeout=120)
         if imported.returncode != 0:
             raise RuntimeError(f"docker import: {imported.stderr}")
 
@@ -284,4 +283,6 @@ def with_kill(proc: subprocess.Popen[bytes]) -> None:
 
 def guest_tmp() -> Path:
     base = Path(os.environ.get("IBGP_GUEST_TMP", "/tmp"))
-    return Path(tempfile.mkdtemp(prefix="docker-", dir=base))
+    root = Path(tempfile.mkdtemp(prefix="docker-", dir=base))
+    root.chmod(0o755)  # FRR's daemons run as user frr and need to reach their workdir inside
+    return root
