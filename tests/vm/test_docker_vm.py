@@ -246,7 +246,7 @@ async def test_ipam_ownership_labels_and_refusals(rack: DockerRack, tor_fib: Fib
         assert "65001:666 is not allowed on network l3net" in log
         status = await query(rack.workdir / "agent.sock", "status")
         refused = status["prefixes"]["refused"]
-        assert "10.1.100.200/32" in refused["not_assigned_by_docker"] and refused["opted_out"] == ["10.1.100.201/32"]
+        assert "10.1.100.200/32" in refused["not_assigned_by_docker"] and "10.1.100.201/32" in refused["opted_out"]
         assert "65001:200" in community_at_tor(rack, f"{tagged}/32")
         assert "65001:666" not in community_at_tor(rack, f"{tagged}/32")
         for address in (rogue, tagged, witness):
