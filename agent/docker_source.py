@@ -150,7 +150,7 @@ class DockerSource:
         try:
             since = time.time() - REPLAY
             events = docker.events.subscribe(  # type: ignore[no-untyped-call]
-                filters=json.dumps(EVENT_FILTERS), since=f"{since:.3f}")
+                filters=json.dumps(EVENT_FILTERS), since=str(int(since)))
             listed = await docker.networks.list(filters={"driver": "ipvlan"})  # as complete as an inspection
             networks = {n.id: n for n in map(network_from_inspect, listed)}
             containers = {}
