@@ -62,7 +62,6 @@ class DockerEngine:
                 "--storage-driver=vfs", "--bridge=none", "--iptables=false", "--ip6tables=false"]
         if live_restore:
             argv.append("--live-restore")
-        self.netns_dir.mkdir(parents=True, exist_ok=True)  # for the agent's inotify watch from the start
         started = time.monotonic()
         with (self.root / "dockerd.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
