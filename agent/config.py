@@ -46,6 +46,10 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+class ConfigUnreadable(ConfigError):
+    """The file itself cannot be read: missing, no permission, or not a regular file."""
+
+
 def _network(value: Any) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError("must be a prefix string such as '10.1.100.0/24'")
@@ -369,14 +373,14 @@ def _read(path: Path) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+        raise ConfigUnreadable(str(path), [("", f"cannot read: {exc.strerror}")]) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(str(path), [("", "not a regular file")])
+            raise ConfigUnreadable(str(path), [("", "not a regular file")])
         with os.fdopen(os.dup(fd), "rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+        raise ConfigUnreadable(str(path), [("", f"cannot read: {exc.strerror}")]) from None
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:

@@ -34,8 +34,9 @@ from .docker_ownership import DockerOwnership
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
 from .logs import setup_logging
-from .metrics import Metrics
+from .metrics import Metrics, error_kind
 from .model import IPNetwork
+from .peers import release_held_peers
 from .reconciler import Reconciler
 from .routes import Plan, Refusal
 from .state import AgentState, PassResult
@@ -51,6 +52,7 @@ TASK_RESTART_FIRST = 0.5
 TASK_RESTART_MAX = 30.0
 TASK_HEALTHY_AFTER = 60.0  # a task that ran this long before ending starts its backoff afresh
 HEARTBEAT = 1.0  # the loop answers at least this often, idle or inside a pass
+PEER_REFRESH_TIMEOUT = 5.0  # for the ListPeer behind the per-peer metrics
 
 
 T = TypeVar("T")
@@ -71,6 +73,9 @@ class Backoff:
     def reset(self) -> None:
         self._next = self.first
 
+
+# Wake-up reasons that always take a pass; the others (drift checks) only when gobgpd's table moved.
+WANTING_A_PASS = frozenset({Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD})
 
 # Changes that take a restart to apply; a reload that changes one of them is refused whole.
 RESTART_ONLY = ("gobgp", "status", "metrics", "ownership_community")
@@ -97,8 +102,10 @@ class Daemon:
         self._stopping = False
         self._in_sync = False
         self._ready = False  # READY=1 sent (after the first good pass)
+        self._release_due = False  # look for gobgpd neighbors held back for us once in sync (agent/peers.py)
         self._last_pass_ended = float("-inf")
         self._heartbeat = time.monotonic()
+        self._timers_reloaded = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
@@ -137,6 +144,7 @@ class Daemon:
         self.reconciler.config = config
         self.damper.config = config.dampening
         self.discovery.reconfigure(config.uplinks, config.netns_dirs, config.timers.netns_rescan)
+        self._timers_reloaded.set()
         setup_logging(config.log.level, config.log.format)
         log.info("configuration reloaded")
         self.metrics.reloads.labels(result="ok").inc()
@@ -259,19 +267,25 @@ class Daemon:
             reasons, first_change_at = self.wakeups.take()
             if self._stopping:
                 break
+            # gobgpd (re)appeared, a peer changed, or the periodic check (a neighbor that a reload of gobgpd's
+            # config added sends no peer event)
+            self._release_due |= bool(reasons & {Reason.GOBGP, Reason.PEERS, Reason.RIB_CHECK})
             if Reason.FULL_READ in reasons:
                 self.reconciler.invalidate()
             elif Reason.RIB_CHECK in reasons:
-                await self._check_rib()
+                await self._beating(self._check_rib())  # a frozen gobgpd holds it for rpc_timeout
             if not self._pass_needed(reasons):
+                await self._beating(self._release_peers())
                 continue
+            drift_check = self._in_sync and not reasons & WANTING_A_PASS  # so a change it makes repairs drift
             result = await self._beating(self._pass(first_change_at))
             self._last_pass_ended = time.monotonic()
-            self.metrics.observe_pass(result)
+            self.metrics.observe_pass(result, drift_check=drift_check)
             if result.ok:
                 retry.reset()
                 self._in_sync = True
                 self._set_health(True)
+                await self._beating(self._release_peers())  # before READY=1: a ready agent has released them
                 if not self._ready:
                     self._ready = True
                     log.info("in sync with gobgpd: %d path(s)", len(self.reconciler.actual or {}))
@@ -286,18 +300,40 @@ class Daemon:
     def _pass_needed(self, reasons: set[Reason]) -> bool:
         """False when nothing changed on either side since the last good pass, so its plan would be empty
         (at 10,000 endpoints a pass is ~0.35 s of CPU, and the periodic checks would otherwise pay it)."""
-        wanting = {Reason.CHANGE, Reason.GOBGP, Reason.RETRY, Reason.RELEASE, Reason.RELOAD}
-        return bool(reasons & wanting) or not self._in_sync or self.reconciler.actual is None
+        return bool(reasons & WANTING_A_PASS) or not self._in_sync or self.reconciler.actual is None
 
     async def _check_rib(self) -> None:
         try:
             moved = await self.reconciler.table_moved()
         except GobgpError as exc:
             log.warning("rib check: %s", exc)
+            self._set_health(False, f"gobgpd did not answer the rib check: {type(exc).__name__}")
             moved = True
         if moved and self.reconciler.actual is not None:
             log.debug("gobgpd's path counts moved without us: re-reading its table")
             self.reconciler.invalidate()
+
+    async def _release_peers(self) -> None:
+        """Once gobgpd holds our whole table, enable the neighbors it holds back for us (agent/peers.py).
+        "Whole" is checked, not assumed: gobgpd's path counts must be what our last full read plus our own
+        changes imply (the shipped import policy lets only local paths in), so after a pass that began before
+        gobgpd restarted, or a table that moved, the agent re-reads and pushes first."""
+        if not self._release_due or not self._in_sync:
+            return
+        try:
+            if await self.reconciler.table_moved():
+                log.info("gobgpd's table is not the one we pushed: re-reading it before enabling BGP neighbors")
+                self.reconciler.invalidate()
+                self.wakeups.post(Reason.PEERS)
+                return
+            self._release_due = False
+            for address in await release_held_peers(self.speaker):
+                log.info("enabled BGP neighbor %s: gobgpd holds our %d path(s)", address,
+                         len(self.reconciler.actual or {}))
+        except GobgpError as exc:
+            self._release_due = True
+            log.warning("enabling held-back BGP neighbors: %s", exc)
+            self.wakeups.post_in(RETRY_MAX, Reason.PEERS)
 
     async def _pass(self, first_change_at: float | None) -> PassResult:
         endpoints = self.discovery.snapshot()
@@ -305,19 +341,21 @@ class Daemon:
         if damped.next_release is not None:
             self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
         for endpoint in set(damped.held) - set(self._held_down):
-            log.warning("holding down flapping endpoint %s", endpoint.label)
+            log.warning("holding down flapping endpoint %s", endpoint.label,
+                        extra={"namespace": endpoint.netns, "interface": endpoint.ifname})
         self._held_down = damped.held
         stats = self.discovery.stats()
         refused_before = {reason: frozenset(found) for reason, found in self.reconciler.stats.refused.items()}
         started = time.perf_counter()
         plan: Plan | None = None
         error: str | None = None
+        kind = "internal"
         try:
             self.reconciler.host_addresses = self.discovery.host_addresses()
             usable = self._docker_filter(damped.endpoints) if self.docker is not None else damped.endpoints
             plan = await self.reconciler.reconcile(usable)
         except Exception as exc:  # any failure costs a retry, never the loop
-            error = type(exc).__name__
+            error, kind = type(exc).__name__, error_kind(exc)
             if isinstance(exc, GobgpError):
                 log.warning("reconcile failed: %s", exc)
             else:
@@ -327,7 +365,7 @@ class Daemon:
         self._publish_pass(endpoints, damped.held, stats, refused)
         return PassResult(
             endpoints=endpoints, held_down=damped.held, namespaces=stats.namespaces, resyncs=stats.resyncs,
-            duration=duration, plan=plan, error=error,
+            duration=duration, plan=plan, error=error, error_kind=kind,
             event_latency=None if first_change_at is None or plan is None else time.monotonic() - first_change_at,
             advertised=frozenset(self.reconciler.actual or {}), refused=refused, refused_before=refused_before,
             netlink_dropped=stats.dropped,
@@ -346,10 +384,16 @@ class Daemon:
                       refused: Mapping[Refusal, frozenset[IPNetwork]]) -> None:
         r = self.reconciler.stats
         desired = self.reconciler.desired
+        for name in sorted(set(stats.missing_uplinks) - set(self.state.missing_uplinks)):
+            log.warning("uplink %s does not exist in this host: no endpoint can be found on it", name,
+                        extra={"interface": name})
+        for name in sorted(set(self.state.missing_uplinks) - set(stats.missing_uplinks)):
+            log.info("uplink %s exists now", name, extra={"interface": name})
         self._publish(endpoints=endpoints, held_down=len(held),
                       advertised=MappingProxyType(dict(self.reconciler.actual or {})),
                       sources=desired.sources if desired is not None else {}, refused=refused,
                       namespaces=stats.namespaces, resyncs=stats.resyncs, netlink_dropped=stats.dropped,
+                      missing_uplinks=stats.missing_uplinks,
                       passes=r.passes, failures=r.failures, last_pass_at=r.last_pass_at,
                       last_duration=r.last_duration)
 
@@ -366,15 +410,29 @@ class Daemon:
                 self._publish(gobgp_reachable=True)
                 self.reconciler.invalidate()
                 self.wakeups.post(Reason.GOBGP)
+                await self._refresh_peers()
             elif event.kind is GobgpEventKind.LOST:
                 self.metrics.gobgp_up.set(0)
                 self._publish(gobgp_reachable=False)
                 self._in_sync = False
                 self._set_health(False, f"lost gobgpd: {event.detail}")
                 self.reconciler.invalidate()  # it may come back empty; until a pass has read it, we don't know
+                self.metrics.observe_gobgpd_lost()
                 log.warning("lost gobgpd: %s", event.detail)
             else:
-                log.info("BGP peer %s", event.detail)
+                peer, _, state = event.detail.partition(" ")
+                log.info("BGP peer %s", event.detail, extra={"peer": peer, "state": state})
+                self.wakeups.post(Reason.PEERS)
+                await self._refresh_peers()
+
+    async def _refresh_peers(self) -> None:
+        """Per-peer metrics from one ListPeer: on each drift check and peer event, never per scrape."""
+        try:
+            peers = await asyncio.wait_for(self.speaker.list_peers(), PEER_REFRESH_TIMEOUT)
+        except (GobgpError, TimeoutError) as exc:
+            log.debug("peer refresh: %s", exc)
+            return
+        self.metrics.observe_peers(peers)
 
     async def _drift_timer(self) -> None:
         """Repairs drift that no event announces (a path of ours deleted behind our back): every
@@ -384,7 +442,13 @@ class Daemon:
         last_full = time.monotonic()
         while True:
             timers = self.config.timers
-            await asyncio.sleep(min(timers.rib_check, timers.full_reconcile))
+            self._timers_reloaded.clear()
+            try:
+                await asyncio.wait_for(self._timers_reloaded.wait(), min(timers.rib_check, timers.full_reconcile))
+                continue  # a reload: wait by the new timers, not out the old one (it may be a day)
+            except TimeoutError:
+                pass
+            await self._refresh_peers()
             if time.monotonic() - last_full >= timers.full_reconcile:
                 last_full = time.monotonic()
                 self.wakeups.post(Reason.FULL_READ)

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .endpoints import OWN_NAMESPACE, Endpoint, endpoints_in, printable, uplink_ifindexes
+from .endpoints import (
+    OWN_NAMESPACE,
+    Endpoint,
+    endpoints_in,
+    ignored_in,
+    missing_uplinks,
+    printable,
+    uplink_ifindexes,
+)
 from .model import IPAddress
 from .netlink_types import Link, NamespaceView
 from .netns import DirectoryEvents, NamespaceGone, is_nsfs, namespace_identity, open_netlink_in
@@ -101,7 +109,8 @@ class NamespaceWatcher:
                 if self.path is not None and not is_nsfs(self.path):
                     self._drop(gone=True)
                     return
-                log.warning("netlink resync in %s after %s", self.label, _describe(exc))
+                log.warning("netlink resync in %s after %s", self.label, _describe(exc),
+                            extra={"namespace": self.label, "reason": _describe(exc), "count": self.resyncs})
                 await asyncio.sleep(_resync_delay(failures))
 
     def _drop(self, gone: bool) -> None:
@@ -187,6 +196,7 @@ class DiscoveryStats:
     namespaces: int
     resyncs: int
     dropped: dict[str, int] = field(default_factory=dict)  # netlink datagrams not believed, by reason
+    missing_uplinks: tuple[str, ...] = ()  # configured uplinks with no link of that name in the host
 
 
 class EndpointSource(Protocol):
@@ -240,6 +250,17 @@ class Discovery:
             found.extend(watcher.endpoints(uplinks))
         return tuple(found)  # ordered by Endpoint.key: the own namespace ("") first, then by path and ifindex
 
+    def ignored(self) -> list[tuple[str, Link, str]]:
+        """(namespace, link, reason) of every link that is not an endpoint (see ``endpoints.ignored_in``)."""
+        own_view = self._own.view
+        if own_view is None:
+            return []
+        uplinks = uplink_ifindexes(own_view.links.values(), self.uplinks)
+        found = [(OWN_NAMESPACE, link, why) for link, why in ignored_in(own_view, uplinks, own=True)]
+        for path, view in sorted(self.views().items()):
+            found.extend((path, link, why) for link, why in ignored_in(view, uplinks, own=False))
+        return found
+
     def host_addresses(self) -> frozenset[IPAddress]:
         """Every address on an interface of the host's own namespace, except on ipvlan endpoints living there:
         never advertised from a container (address ownership)."""
@@ -284,6 +305,8 @@ class Discovery:
             namespaces=len(watchers) + 1,
             resyncs=self._own.resyncs + sum(w.resyncs for w in watchers) + self._resyncs_of_gone,
             dropped={reason: dropped[reason] for reason in DROP_REASONS},
+            missing_uplinks=() if self._own.view is None else missing_uplinks(self._own.view.links.values(),
+                                                                              self.uplinks),
         )
 
     async def run(self) -> None:
@@ -358,7 +381,8 @@ class Discovery:
                         continue
                     self._unmounted.pop(path, None)
                     self._junk.add(identity)
-                    log.warning("ignoring %s: not a network namespace", printable(path))
+                    log.warning("ignoring %s: not a network namespace", printable(path),
+                                extra={"path": printable(path)})
                     continue
                 self._unmounted.pop(path, None)
                 present[identity] = path

@@ -61,17 +61,45 @@ def uplink_ifindexes(own_links: Iterable[Link], uplinks: Iterable[str]) -> dict[
     return {link.ifindex: link.ifname for link in own_links if link.ifname in wanted}
 
 
+def missing_uplinks(own_links: Iterable[Link], uplinks: Iterable[str]) -> tuple[str, ...]:
+    """Configured uplinks with no link of that name in the host: their slaves cannot be found."""
+    present = {link.ifname for link in own_links}
+    return tuple(name for name in uplinks if name not in present)
+
+
+def _parent_is_ours(link: Link, view: NamespaceView, own: bool) -> bool:
+    if link.parent_nsid is None or link.parent_nsid < 0:
+        return own  # parent in the same namespace as the slave
+    return view.own_nsid is not None and link.parent_nsid == view.own_nsid
+
+
+def ignored_in(view: NamespaceView, uplinks: Mapping[int, str], own: bool) -> list[tuple[Link, str]]:
+    """The links of one namespace that are not endpoints, each with the reason (``ipvlan-bgp endpoints --all``).
+    In the agent's own namespace only ipvlan links are listed (its other links are the host's own), and
+    loopbacks nowhere. The counterpart of ``endpoints_in``: a link is in exactly one of the two lists, or
+    in neither when it is a loopback or, in the own namespace, not ipvlan."""
+    ignored = []
+    for link in sorted(view.links.values(), key=lambda link: link.ifindex):
+        if link.kind != "ipvlan":
+            if not own and link.ifname != "lo":
+                ignored.append((link, f"not an ipvlan slave ({link.kind or 'no kind'})"))
+        elif link.ipvlan_mode not in (IpvlanMode.L3, IpvlanMode.L3S):
+            mode = IpvlanMode(link.ipvlan_mode).name if link.ipvlan_mode == IpvlanMode.L2 else link.ipvlan_mode
+            ignored.append((link, f"ipvlan mode {mode}: only L3 and L3S slaves are routed"))
+        elif not _parent_is_ours(link, view, own):
+            ignored.append((link, "parent in another namespace than this host's"))
+        elif link.parent_ifindex is None or link.parent_ifindex not in uplinks:
+            ignored.append((link, f"parent (ifindex {link.parent_ifindex}) is not a configured uplink"))
+    return ignored
+
+
 def endpoints_in(netns: str, view: NamespaceView, uplinks: Mapping[int, str], own: bool) -> list[Endpoint]:
     """The endpoints of one namespace, by ifindex. ``own``: this is the agent's own namespace."""
     found = []
     for link in sorted(view.links.values(), key=lambda link: link.ifindex):
         if link.kind != "ipvlan" or link.ipvlan_mode not in (IpvlanMode.L3, IpvlanMode.L3S):
             continue
-        if link.parent_nsid is None or link.parent_nsid < 0:
-            parent_is_ours = own  # parent in the same namespace as the slave
-        else:
-            parent_is_ours = view.own_nsid is not None and link.parent_nsid == view.own_nsid
-        if not parent_is_ours or link.parent_ifindex is None or link.parent_ifindex not in uplinks:
+        if not _parent_is_ours(link, view, own) or link.parent_ifindex is None or link.parent_ifindex not in uplinks:
             continue
         addresses = tuple(sorted(view.addresses.get(link.ifindex, ()), key=lambda a: (a.version, a)))
         found.append(Endpoint(

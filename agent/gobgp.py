@@ -176,10 +176,25 @@ class BgpInfo:
 
 @dataclass(frozen=True)
 class PeerInfo:
+    """One BGP neighbour as gobgpd's ListPeer reports it (``gobgp neighbor``). Counts are summed over the
+    peer's address families; ``advertised`` is adj-out, after the export policy."""
+
     address: str
     asn: int
-    state: str
-    uptime: float | None
+    state: str  # gobgpd's session state, lower case: "established", "active", "idle", ...
+    uptime: float | None  # seconds since the session last came up (None: never)
+    accepted: int = 0  # received and accepted by the import policy
+    advertised: int = 0
+    received: int = 0
+    # gobgpd sets downtime when it creates the neighbor and whenever a session ends; a neighbor taken
+    # administratively down from a session or a connection attempt has both timestamps cleared.
+    downtime: float | None = None  # when the session last ended (epoch seconds)
+    admin_down: bool = False  # administratively down now (the config's admin-down, or DisablePeer)
+    configured_admin_down: bool = False  # the config file says admin-down = true (EnablePeer does not change it)
+
+    @property
+    def established(self) -> bool:
+        return self.state == "established"
 
 
 class BgpSpeaker(Protocol):
@@ -194,6 +209,7 @@ class BgpSpeaker(Protocol):
     async def list_owned_paths(self, version: int) -> list[Route]: ...
     async def path_count(self, version: int) -> int: ...
     async def list_peers(self) -> list[PeerInfo]: ...
+    async def enable_peer(self, address: str) -> None: ...
     def watch(self) -> AsyncIterator[GobgpEvent]: ...
     async def close(self) -> None: ...
 
@@ -307,7 +323,8 @@ class GobgpClient:
         await self._stream(paths)
 
     async def path_count(self, version: int) -> int:
-        """How many paths the global table holds for the family (anyone's): one cheap GetTable."""
+        """How many paths the global table holds for the family: one cheap GetTable. Anyone's: locally added
+        ones, and whatever gobgpd's import policy accepts from peers (the shipped config accepts nothing)."""
         request = api.GetTableRequest(table_type=api.GLOBAL, family=_FAMILIES[version])
         with _mapped("GetTable"):
             reply = await self._stub.GetTable(request, timeout=self.rpc_timeout)
@@ -342,17 +359,31 @@ class GobgpClient:
 
     async def list_peers(self) -> list[PeerInfo]:
         peers = []
+        request = api.ListPeerRequest(enableAdvertised=True)  # without it gobgpd leaves `advertised` at 0
         with _mapped("ListPeer"):
-            async for reply in self._stub.ListPeer(api.ListPeerRequest(), timeout=self.rpc_timeout):
+            async for reply in self._stub.ListPeer(request, timeout=self.rpc_timeout):
                 state = reply.peer.state
-                uptime = reply.peer.timers.state.uptime
+                timers = reply.peer.timers.state
+                families = [family.state for family in reply.peer.afi_safis]
                 peers.append(PeerInfo(
                     address=state.neighbor_address or reply.peer.conf.neighbor_address,
                     asn=state.peer_asn or reply.peer.conf.peer_asn,
                     state=api.PeerState.SessionState.Name(state.session_state).lower(),
-                    uptime=float(uptime.seconds) if uptime.seconds else None,
+                    # timers.state.uptime is when the session came up (a timestamp), not a duration
+                    uptime=max(time.time() - timers.uptime.seconds, 0.0) if timers.uptime.seconds else None,
+                    accepted=sum(f.accepted for f in families),
+                    advertised=sum(f.advertised for f in families),
+                    received=sum(f.received for f in families),
+                    downtime=float(timers.downtime.seconds) if timers.downtime.seconds else None,
+                    admin_down=state.admin_state == api.PeerState.DOWN,
+                    configured_admin_down=reply.peer.conf.admin_down,
                 ))
         return peers
+
+    async def enable_peer(self, address: str) -> None:
+        """Administratively enable a neighbor (gobgp neighbor ADDRESS enable); a no-op if it is already up."""
+        with _mapped("EnablePeer"):
+            await self._stub.EnablePeer(api.EnablePeerRequest(address=address), timeout=self.rpc_timeout)
 
     async def watch(self, retry_backoff: float = 0.2, max_backoff: float = 2.0) -> AsyncIterator[GobgpEvent]:
         """Yield READY when the API answers, LOST when a watch stream breaks, and PEER state changes.

@@ -18,6 +18,7 @@ from .config import AgentConfig
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker
 from .ipam import with_docker
+from .logs import source_fields
 from .model import Attributes, IPAddress, IPNetwork, Route
 from .routes import Desired, Plan, Refusal, desired_routes, plan
 
@@ -44,12 +45,15 @@ LOG_EACH_UP_TO = 50  # a larger change (a start, a resync) is one summary line; 
 def _log_routes(verb: str, routes: tuple[Route, ...], desired: Desired) -> None:
     level = logging.INFO
     if len(routes) > LOG_EACH_UP_TO:
-        log.info("%s %d path(s): %s ... %s", verb, len(routes), routes[0].prefix, routes[-1].prefix)
+        log.info("%s %d path(s): %s ... %s", verb, len(routes), routes[0].prefix, routes[-1].prefix,
+                 extra={"count": len(routes), "first_prefix": str(routes[0].prefix),
+                        "last_prefix": str(routes[-1].prefix)})
         level = logging.DEBUG
     if log.isEnabledFor(level):
         for route in routes:
             sources = desired.sources.get(route.prefix, ())
-            log.log(level, "%s %s%s", verb, route.prefix, f" ({', '.join(sources)})" if sources else "")
+            log.log(level, "%s %s%s", verb, route.prefix, f" ({', '.join(sources)})" if sources else "",
+                    extra={"prefix": str(route.prefix), **source_fields(sources)})
 
 
 class Reconciler:
@@ -75,9 +79,11 @@ class Reconciler:
         """Cheap drift check, two GetTable calls: do gobgpd's path counts differ from what our last full read
         plus our own changes since imply? True also when that is unknown.
 
-        Anyone's paths count, so a change by another API user or a peer also reads as a move (the cost is a
-        full re-read); a deletion of ours hidden by someone else's addition in the same interval is left to
-        the periodic full re-read."""
+        GetTable counts every path in gobgpd's global table. With the shipped gobgpd.toml nothing from a peer
+        gets in (its import policy accepts local paths only), so the counts are the locally added paths: exact
+        for ours as long as the agent is gobgpd's only API writer. Another writer's change reads as a move (the
+        cost is a full re-read); a deletion of ours hidden by another writer's addition in the same interval is
+        left to the periodic full re-read. Where a site imports routes, each change of them costs a re-read."""
         if self._expected_counts is None or self.actual is None:
             return True
         return await self._path_counts() != self._expected_counts
@@ -167,7 +173,8 @@ class Reconciler:
                                            if reason == Refusal.QUOTA else
                                            f"max_prefixes ({self.config.max_prefixes}) reached")
                 level = logging.WARNING if reason in why else logging.ERROR
-                log.log(level, "refused %s%s: %s", prefix, f" from {', '.join(sources)}" if sources else "", text)
+                log.log(level, "refused %s%s: %s", prefix, f" from {', '.join(sources)}" if sources else "", text,
+                        extra={"prefix": str(prefix), "reason": reason.value, **source_fields(sources)})
         self.stats.refused = now
         self.stats.refused_outside = now[Refusal.OUTSIDE]
         self.stats.refused_cap = now[Refusal.CAP]

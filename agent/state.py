@@ -20,6 +20,7 @@ class PassResult:
     duration: float
     plan: Plan | None = None  # None: the pass failed
     error: str | None = None  # the exception's type name when it failed
+    error_kind: str = "internal"  # when it failed: the errors_total{kind} label (metrics.ERROR_KINDS)
     event_latency: float | None = None  # first change of the burst -> paths in gobgpd
     advertised: frozenset[IPNetwork] = frozenset()
     refused: Mapping[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)  # after the pass, by reason
@@ -44,6 +45,7 @@ class AgentState:
     sources: Mapping[IPNetwork, tuple[str, ...]] = field(default_factory=dict)
     refused: Mapping[Refusal, frozenset[IPNetwork]] = field(default_factory=dict)
     namespaces: int = 0
+    missing_uplinks: tuple[str, ...] = ()  # configured, but no such link in the host
     resyncs: int = 0
     netlink_dropped: Mapping[str, int] = field(default_factory=dict)
     passes: int = 0

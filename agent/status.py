@@ -11,22 +11,47 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from .gobgp import GobgpError, PeerInfo
+from .peers import held_back
 from .routes import Refusal
 from .state import AgentState
 
 
-def status_of(state: AgentState, peers: list[dict[str, Any]] | None) -> dict[str, Any]:
+def peer_json(peer: PeerInfo, held: Collection[str] = ()) -> dict[str, Any]:
+    return {"address": peer.address, "asn": peer.asn, "state": peer.state, "uptime_s": peer.uptime,
+            "prefixes_received": peer.received, "prefixes_accepted": peer.accepted,
+            "prefixes_advertised": peer.advertised, "admin_down": peer.admin_down,
+            "held_back": peer.address in held}
+
+
+def overall(state: AgentState, peers: list[PeerInfo] | None) -> tuple[str, str | None]:
+    """("healthy" | "degraded" | "unhealthy", why): degraded = in sync with gobgpd, but gobgpd has no
+    Established session, so nothing the agent advertises reaches a router."""
+    if not state.healthy:
+        return "unhealthy", state.unhealthy_reason
+    if peers is None:
+        return "degraded", "gobgpd's peers are unknown (ListPeer failed)"
+    if not any(p.established for p in peers):
+        return "degraded", "no Established BGP peer" + ("" if peers else " (gobgpd has no neighbor configured)")
+    return "healthy", None
+
+
+def status_of(state: AgentState, peers: list[PeerInfo] | None) -> dict[str, Any]:
     endpoints = state.endpoints
+    verdict, why = overall(state, peers)
     return {
+        "state": verdict,
+        "reason": why,
         "healthy": state.healthy,
         "unhealthy_reason": None if state.healthy else state.unhealthy_reason,
         "gobgpd": {"target": state.gobgp_target, "reachable": state.gobgp_reachable,
-                   "restarts_seen": state.gobgp_restarts, "peers": peers},
+                   "restarts_seen": state.gobgp_restarts,
+                   "peers": None if peers is None else [peer_json(p, held_back(peers)) for p in peers]},
+        "missing_uplinks": list(state.missing_uplinks),
         "endpoints": {"total": len(endpoints), "ready": sum(e.ready for e in endpoints),
                       "held_down": state.held_down},
         "prefixes": {"advertised": len(state.advertised),
@@ -91,6 +116,7 @@ class StatusServer:
                 body: Any = routes_of(self._state())
             elif request == "status":
                 body = status_of(self._state(), await self._peers())
+                body["tasks"] = len(asyncio.all_tasks())  # the fault suite checks that none leak
             else:
                 body = {"error": f"unknown request {request!r}; ask 'status' or 'routes'"}
             writer.write(json.dumps(body).encode() + b"\n")
@@ -100,12 +126,11 @@ class StatusServer:
         finally:
             writer.close()
 
-    async def _peers(self) -> list[dict[str, Any]] | None:
+    async def _peers(self) -> list[PeerInfo] | None:
         try:
-            peers = await asyncio.wait_for(self._list_peers(), 3)
+            return await asyncio.wait_for(self._list_peers(), 3)
         except (GobgpError, TimeoutError):
             return None
-        return [{"address": p.address, "asn": p.asn, "state": p.state, "uptime_s": p.uptime} for p in peers]
 
     async def close(self) -> None:
         if self._server is not None:

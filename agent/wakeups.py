@@ -17,6 +17,7 @@ class Reason(Enum):
     RELOAD = "reload"  # a new configuration
     RIB_CHECK = "rib_check"  # compare gobgpd's path counts with ours
     FULL_READ = "full_read"  # re-read gobgpd's whole table
+    PEERS = "peers"  # a BGP peer changed: look for neighbors gobgpd holds back for us (agent/peers.py)
     STOP = "stop"
 
 

@@ -13,12 +13,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from ipvlan_bgp_lab.gobgpd import Gobgpd, global_config
+from provenance import code_state
 
 from agent.gobgp import GobgpClient
 from agent.model import Attributes, LargeCommunity, Route
@@ -79,9 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     with Gobgpd(global_config(65001, "10.255.0.1")) as daemon:
         result = asyncio.run(measure(daemon.target, args.paths))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result.update(date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=platform.node(),
-                  cpus=os.cpu_count(), commit=commit or "uncommitted")
+                  cpus=os.cpu_count(), **code_state())
     print(f"GoBGP API baseline, {args.paths} IPv4 /32s (gobgpd 3.10, {result['cpus']} cores)")
     print(f"  AddPath unary, sequential : {result['addpath_unary_paths_per_s']:9.0f} paths/s   "
           f"RTT p50 {result['addpath_rtt_p50_ms']:.2f} ms  p99 {result['addpath_rtt_p99_ms']:.2f} ms")

@@ -8,6 +8,7 @@ client where it matters: every write must carry the ownership community, a batch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -23,13 +24,16 @@ from agent.gobgp import (
 )
 from agent.model import IPAddress, IPNetwork, LargeCommunity, Route
 
+FAKE_PEER = "192.0.2.254"
+
 
 class FakeGobgp:
     """A gobgpd in memory. Failure knobs (each applies to the next write call, then resets, unless noted):
 
     * ``reject``: the next write raises GobgpRejected and changes nothing;
     * ``drop_at_batch = k``: the next write applies batches 0..k-1, then the stream breaks (GobgpUnavailable);
-    * ``restart()``: the RIB empties; the watch stream sees LOST then READY;
+    * ``restart()``: the RIB empties; the watch stream sees LOST then READY; with ``hold_back()``, the neighbor
+      is held back again (administratively down, as the shipped gobgpd.toml starts it);
     * ``hang()``: every call waits until ``release()`` (the API does not answer; stays until released);
     * ``down``: every call raises GobgpUnavailable (stays until cleared).
     """
@@ -41,6 +45,7 @@ class FakeGobgp:
         self.writes = 0  # write calls that reached the RIB (fully or in part)
         self.paths_written = 0
         self.reads = 0  # list_owned_paths calls
+        self.counts = 0  # path_count calls (the cheap drift check)
         self.reject = False
         self.drop_at_batch: int | None = None
         self.down = False
@@ -49,8 +54,18 @@ class FakeGobgp:
         self._released.set()
         self._events: asyncio.Queue[GobgpEvent] = asyncio.Queue()
         self._events.put_nowait(GobgpEvent(GobgpEventKind.READY))
+        self.peers = [PeerInfo(FAKE_PEER, 65000, "established", 1.0)]  # the one ToR peer
+        self.holds_back = False
+        self.enabled_with: list[int] = []  # the RIB's size at each EnablePeer
+        self.peer_lists = 0  # list_peers calls
 
     # -- failure knobs
+    def hold_back(self) -> None:
+        """The neighbor as a (re)started gobgpd with ``admin-down = true`` has it: down, never up."""
+        self.holds_back = True
+        self.peers = [PeerInfo(FAKE_PEER, 65000, "idle", None, downtime=1.0, admin_down=True,
+                               configured_admin_down=True)]
+
     def hang(self) -> None:
         self._released.clear()
 
@@ -59,6 +74,8 @@ class FakeGobgp:
 
     def restart(self) -> None:
         self.rib.clear()
+        if self.holds_back:
+            self.hold_back()
         self._events.put_nowait(GobgpEvent(GobgpEventKind.LOST, "fake restart"))
         self._events.put_nowait(GobgpEvent(GobgpEventKind.READY))
 
@@ -114,11 +131,25 @@ class FakeGobgp:
 
     async def path_count(self, version: int) -> int:
         await self._answer()
+        self.counts += 1
         return sum(1 for p in self.rib if p.version == version)
 
     async def list_peers(self) -> list[PeerInfo]:
         await self._answer()
-        return [PeerInfo("192.0.2.254", 65000, "established", 1.0)]
+        self.peer_lists += 1
+        return [dataclasses.replace(p, accepted=1, advertised=len(self.rib), received=1) if p.established else p
+                for p in self.peers]
+
+    def set_peer_state(self, state: str) -> None:
+        """The ToR session moves to ``state`` (gobgpd's name, lower case); the watch stream sees a PEER event."""
+        self.peers = [dataclasses.replace(p, state=state) for p in self.peers]
+        self._events.put_nowait(GobgpEvent(GobgpEventKind.PEER, f"{FAKE_PEER} {state}"))
+
+    async def enable_peer(self, address: str) -> None:
+        await self._answer()
+        self.enabled_with.append(len(self.rib))
+        self.peers = [dataclasses.replace(p, admin_down=False, state="established", uptime=2.0)
+                      if p.address == address else p for p in self.peers]
 
     async def watch(self) -> AsyncIterator[GobgpEvent]:
         while True:
@@ -132,6 +163,7 @@ class FakeDiscovery:
     """Endpoints set by the test; ``set()`` announces a change like netlink would."""
 
     def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
+        self.missing_uplinks: tuple[str, ...] = ()  # configured uplinks the host lacks
         self.endpoints = tuple(endpoints)
         self.synced = asyncio.Event()
         self.rescan_interval = 10.0
@@ -164,7 +196,7 @@ class FakeDiscovery:
         return {}
 
     def stats(self) -> DiscoveryStats:
-        return DiscoveryStats(namespaces=1, resyncs=0)
+        return DiscoveryStats(namespaces=1, resyncs=0, missing_uplinks=self.missing_uplinks)
 
     def reconfigure(self, uplinks: Iterable[str], netns_dirs: Iterable[Path], rescan_interval: float) -> None:
         self.uplinks, self.netns_dirs, self.rescan_interval = tuple(uplinks), tuple(netns_dirs), rescan_interval

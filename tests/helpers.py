@@ -21,3 +21,14 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def stop_tasks(*tasks: asyncio.Task[object]) -> None:
+    """Cancel background tasks and wait for them; re-raise the first exception other than cancellation,
+    so a crashed discovery, daemon or watcher task fails the test instead of vanishing."""
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise AssertionError(f"background task {task.get_name()} crashed: {result!r}") from result

@@ -86,8 +86,9 @@ def _namespaces() -> set[str]:
 
 
 class EmbeddedLab:
-    def __init__(self, topology: Topology, prefix: str | None = None) -> None:
+    def __init__(self, topology: Topology, prefix: str | None = None, gobgpd: str = "gobgpd") -> None:
         self.topology = topology
+        self.gobgpd = gobgpd  # the binary hosts run: a copy lets a test replace it, as a package upgrade does
         self.state = load_state(topology.name) or LabState(
             topology.name, str(topology.path), prefix or f"{topology.name}-")
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # started by this process: reaped on down
@@ -169,7 +170,7 @@ class EmbeddedLab:
             unix = workdir / "gobgpd.sock"
             unix.unlink(missing_ok=True)  # a killed gobgpd leaves it behind, and the next one cannot bind
             hosts = f"{target},unix://{unix}"
-            command = ["gobgpd", "-f", str(spec.binds[GOBGPD_CONF]), "--api-hosts", hosts, "--pprof-disable", "-r"]
+            command = [self.gobgpd, "-f", str(spec.binds[GOBGPD_CONF]), "--api-hosts", hosts, "--pprof-disable", "-r"]
         else:
             command = [sys.executable, "-m", "agent.cli", "run", str(agent_conf)]
         with (workdir / f"{what}.log").open("ab") as log:
@@ -180,6 +181,16 @@ class EmbeddedLab:
     def gobgp_api(self, node: str) -> str:
         """A gRPC target for the host node's gobgpd that works from any namespace."""
         return f"unix:{state_dir(self.topology.name) / node / 'gobgpd.sock'}"
+
+    def stop_process(self, label: str, sig: int) -> None:
+        """Stop one host process (``host1/gobgpd``, ``host1/agent``) with ``sig``; ``start_process`` brings it back."""
+        self._stop(label, sig)
+        save_state(self.state)
+
+    def start_process(self, label: str) -> None:
+        node, _, what = label.partition("/")
+        self._start(node, what)
+        save_state(self.state)
 
     def restart(self, label: str, sig: int = signal.SIGKILL) -> None:
         """Kill one lab process (``host1/gobgpd``, ``host1/agent``, ``tor/bgpd``...) and start it again."""

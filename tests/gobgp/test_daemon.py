@@ -124,10 +124,26 @@ async def test_second_pass_sends_nothing(gobgpd: Gobgpd, client: GobgpClient, tm
         assert (await daemon.reconciler.reconcile(daemon.discovery.snapshot())).empty
 
 
+
+async def settled(daemon: Daemon) -> None:
+    """Until start-up is over: gobgpd's watch has attached (its first READY costs one more read and pass) and
+    no pass or read happened for 0.3 s. An idle window measured before that would see start-up, not idling."""
+    stats = daemon.reconciler.stats
+    await eventually(lambda: daemon.state.gobgp_reachable, timeout=10, what="gobgpd's watch attached")
+
+    async def quiet() -> bool:
+        before = (stats.full_reads, stats.passes)
+        await asyncio.sleep(0.3)
+        return (stats.full_reads, stats.passes) == before
+
+    await eventually(quiet, timeout=10, what="start-up passes over")
+
+
 async def test_rib_check_repairs_a_path_deleted_behind_our_back_and_idles_without_passes(
         gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path, timers={"full_reconcile": 3600.0, "rib_check": 0.1})
     async with running(config) as daemon:
+        await settled(daemon)
         stats = daemon.reconciler.stats
         reads, passes = stats.full_reads, stats.passes
         await asyncio.sleep(1.0)  # the observation window itself: ~10 checks of an idle table
@@ -148,6 +164,7 @@ async def test_rib_check_sees_another_api_user_and_leaves_its_path_alone(
         gobgpd: Gobgpd, client: GobgpClient, tmp_path: Path) -> None:
     config = agent_config(gobgpd, tmp_path, timers={"full_reconcile": 3600.0, "rib_check": 0.1})
     async with running(config) as daemon:
+        await settled(daemon)
         reads = daemon.reconciler.stats.full_reads
         gobgpd.cli("global", "rib", "add", "-a", "ipv4", "10.9.9.0/24")
         await eventually(lambda: daemon.reconciler.stats.full_reads > reads, timeout=5, what="a re-read")

@@ -127,11 +127,17 @@ def test_status_routes_and_metrics(gobgpd: Gobgpd, tmp_path: Path, agent_factory
     agent_factory.append(agent)
     agent.expect("READY=1")
 
-    out = agent.cli("status")
-    assert out.returncode == 0, out.stderr
-    assert "agent:      healthy" in out.stdout and "reachable" in out.stdout
+    out = agent.cli("status")  # in sync, but this gobgpd has no neighbour: nothing reaches a router
+    assert out.returncode == 1, out.stderr
+    assert "agent:      DEGRADED: no Established BGP peer" in out.stdout and "reachable" in out.stdout
+    assert "peers:      none configured in gobgpd" in out.stdout
     status = json.loads(agent.cli("status", "--json").stdout)
     assert status["healthy"] and status["prefixes"]["advertised"] == 2 and status["gobgpd"]["peers"] == []
+    assert status["state"] == "degraded" and status["missing_uplinks"] == []
+    # --socket: no configuration needed (nor read)
+    by_socket = subprocess.run([*CLI, "status", "--json", "--socket", str(tmp_path / "agent.sock"),
+                                str(tmp_path / "no-such.toml")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert by_socket.returncode == 1 and json.loads(by_socket.stdout)["state"] == "degraded", by_socket.stderr
 
     table = agent.cli("routes")
     assert table.returncode == 0
@@ -147,6 +153,11 @@ def test_status_routes_and_metrics(gobgpd: Gobgpd, tmp_path: Path, agent_factory
     assert "ipvlan_bgp_gobgpd_reachable 1.0" in metrics
     assert 'ipvlan_bgp_reconcile_passes_total{result="ok"}' in metrics
     assert "ipvlan_bgp_reconcile_duration_seconds_bucket" in metrics
+    assert 'ipvlan_bgp_build_info{gobgp_api="v3",version="' in metrics and "_created" not in metrics
+    assert 'ipvlan_bgp_errors_total{kind="gobgpd_unavailable"} 0.0' in metrics
+    success = next(line for line in metrics.splitlines()
+                   if line.startswith("ipvlan_bgp_last_reconcile_success_timestamp_seconds "))
+    assert abs(float(success.split()[1]) - time.time()) < 600
     assert os.stat(tmp_path / "agent.sock").st_mode & 0o777 == 0o600
 
 
@@ -158,15 +169,16 @@ def test_unreachable_and_unhealthy_exit_codes(gobgpd: Gobgpd, tmp_path: Path, ag
     agent.expect("READY=1")
     gobgpd.kill()
     deadline = time.monotonic() + 30
-    while (out := agent.cli("status")).returncode != 1:
+    while "UNREACHABLE" not in (out := agent.cli("status")).stdout:
         assert time.monotonic() < deadline, out.stdout + out.stderr
         time.sleep(0.1)
-    assert "UNREACHABLE" in out.stdout
+    assert out.returncode == 1 and "agent:      UNHEALTHY: " in out.stdout  # lost gobgpd, or a pass failed
 
 
 async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path,
                                                   agent_factory: list[Agent]) -> None:
-    config = write_config(tmp_path / "agent.toml", gobgpd)
+    port = free_port()
+    config = write_config(tmp_path / "agent.toml", gobgpd, metrics_port=port)
     agent = Agent(config)
     agent_factory.append(agent)
     agent.expect("READY=1")
@@ -179,7 +191,7 @@ async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path
         assert "reload refused" in agent.log.read_text() and "bogus_key" in agent.log.read_text()
         assert {str(r.prefix): r for r in await client.list_owned_paths(4)} == before
 
-        write_config(config, gobgpd, community="65001:999")
+        write_config(config, gobgpd, metrics_port=port, community="65001:999")
         agent.proc.send_signal(signal.SIGHUP)
         agent.expect("READY=1")
         deadline = time.monotonic() + 30
@@ -192,5 +204,50 @@ async def test_reload_applies_only_the_difference(gobgpd: Gobgpd, tmp_path: Path
         assert after["10.1.200.0/24"] == before["10.1.200.0/24"]
     status = json.loads(agent.cli("status", "--json").stdout)
     assert status["healthy"]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for result, count in (("invalid", 1), ("ok", 1), ("refused", 0)):
+        assert f'ipvlan_bgp_config_reloads_total{{result="{result}"}} {count}.0' in metrics
     log = agent.log.read_text()
     assert log.count("advertised 10.1.100.0/24") == 2 and log.count("advertised 10.1.200.0/24") == 1
+
+
+def test_status_shows_peers_and_is_healthy_with_an_established_one(tmp_path: Path,
+                                                                  agent_factory: list[Agent]) -> None:
+    from .test_export_policy import host_config_peering_with, tor_config
+
+    bgp_port = free_port()
+    with Gobgpd(tor_config(bgp_port), tmp_path / "tor"), \
+            Gobgpd(host_config_peering_with(bgp_port), tmp_path / "host") as host:
+        config = write_config(tmp_path / "agent.toml", host)
+        config.write_text(config.read_text().replace('uplinks = ["lo"]', 'uplinks = ["lo", "no-such-uplink0"]'))
+        agent = Agent(config)
+        agent_factory.append(agent)
+        agent.expect("READY=1")
+        deadline = time.monotonic() + 60
+        # the shipped export policy lets 10.1.100.0/24 out, not 10.1.200.0/24: one prefix sent
+        while (out := agent.cli("status")).returncode != 0 or " 1     " not in out.stdout:
+            assert time.monotonic() < deadline, out.stdout + out.stderr
+            time.sleep(0.2)
+        assert "agent:      healthy" in out.stdout
+        header, row = [line.split() for line in out.stdout.splitlines() if line.startswith("  ")]
+        assert header == ["PEER", "AS", "STATE", "UP", "SENT", "ACCEPTED"]
+        assert row[:3] == ["127.0.0.1", "AS65000", "established"] and row[4:] == ["1", "0"], out.stdout
+        assert row[3].startswith("00:0"), out.stdout  # up for seconds, not since 1970
+        assert "WARNING: uplink no-such-uplink0 does not exist in this host" in out.stdout
+        peer = json.loads(agent.cli("status", "--json").stdout)["gobgpd"]["peers"][0]
+        assert peer["state"] == "established" and peer["prefixes_advertised"] == 1 and 0 <= peer["uptime_s"] < 600
+        assert "uplink no-such-uplink0 does not exist in this host" in agent.log.read_text()
+
+
+def test_json_logs_under_journald_carry_priority_and_fields(gobgpd: Gobgpd, tmp_path: Path,
+                                                            agent_factory: list[Agent]) -> None:
+    config = write_config(tmp_path / "agent.toml", gobgpd, extra='[log]\nformat = "json"')
+    agent = Agent(config, env={"JOURNAL_STREAM": "8:12345"})  # what systemd sets for a journal stdout/stderr
+    agent_factory.append(agent)
+    agent.expect("READY=1")
+    lines = agent.log.read_text().splitlines()
+    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") for line in lines), lines
+    entries = [json.loads(line[3:]) for line in lines]
+    advertised = next(e for e in entries if e["msg"].startswith("advertised 10.1.100.0/24"))
+    assert lines[entries.index(advertised)].startswith("<6>")
+    assert advertised["prefix"] == "10.1.100.0/24" and advertised["sources"] == ["network 10.1.100.0/24"]

@@ -97,6 +97,9 @@ def test_files_land_where_the_units_expect_them(root: Path) -> None:
     assert (root / "lib/systemd/system/gobgpd.service.d/ipvlan-bgp.conf").is_file()
     assert not (root / "lib/systemd/system/gobgpd.service").exists(), "Debian's gobgpd owns its unit"
     assert (root / "usr/share/man/man1/ipvlan-bgp.1.gz").is_file()
+    completion = root / "usr/share/bash-completion/completions/ipvlan-bgp"
+    assert "complete -o bashdefault -F _shtab_ipvlan_bgp ipvlan-bgp" in completion.read_text()
+    assert (root / "usr/share/zsh/vendor-completions/_ipvlan-bgp").read_text().startswith("#compdef ipvlan-bgp")
     examples = root / "usr/share/doc/ipvlan-bgp-agent/examples"
     assert {p.name for p in examples.iterdir()} >= {"gobgpd.toml", "gobgpd-dual-tor.toml", "alerts.yml",
                                                     "ipvlan-bgp.json"}

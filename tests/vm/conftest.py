@@ -15,7 +15,7 @@ from pyroute2 import AsyncIPRoute
 
 from agent.discovery import Discovery
 
-from ..helpers import eventually
+from ..helpers import eventually, stop_tasks
 
 __all__ = ["eventually", "unique"]
 
@@ -69,6 +69,4 @@ async def discovery_factory() -> AsyncIterator[Callable[..., Discovery]]:
         return d
 
     yield start
-    for _, task in running:
-        task.cancel()
-    await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+    await stop_tasks(*(task for _, task in running))

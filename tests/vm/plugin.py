@@ -9,6 +9,10 @@
 ``--vm=MODE`` or ``IBGP_VM=MODE`` overrides the choice: ``auto`` (default), ``off`` (skip the tier, with a
 reason), ``local`` (run on this host), ``vm`` (always through the VM).  ``IBGP_VM_TIMEOUT`` bounds the VM run
 (default 1800 s).  ``-m 'not vm'`` deselects the tier as usual.
+
+``IBGP_VM_REQUIRED=1`` (what .ci/run sets) makes a session in which no vm test passed fail, whatever the
+reason (``IBGP_VM=off``, every vm test skipped or deselected). In every mode, a guest pytest that exits
+non-zero fails the session even if every host-side item passed (a collection error in the guest).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
     mode: str = config.getoption("--vm")
     if mode not in MODES:  # a bad $IBGP_VM bypasses argparse's choices check
         raise pytest.UsageError(f"IBGP_VM={mode!r}: expected one of {', '.join(MODES)}")
+    if os.environ.get("IBGP_VM_REQUIRED") == "1":
+        config.pluginmanager.register(RequireVmTier(), "ibgp-vm-required")
     if mode == "off":
         config.pluginmanager.register(SkipVmTier(), "ibgp-vm-off")
     elif mode == "vm" or (mode == "auto" and not host_has_ipvlan()):
@@ -119,6 +125,30 @@ class GuestReporter:
             tmp.replace(self.path)
 
 
+class RequireVmTier:
+    """IBGP_VM_REQUIRED=1: the session fails unless at least one vm test ran and passed."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" and report.passed and "vm" in report.keywords:
+            self.passed += 1
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.passed == 0:
+            _fail_session(session, "IBGP_VM_REQUIRED=1 but no vm test passed (skipped, deselected or none "
+                                   "collected): the VM tier did not run")
+
+
+def _fail_session(session: pytest.Session, why: str) -> None:
+    if reporter := session.config.pluginmanager.get_plugin("terminalreporter"):
+        reporter.write_line(f"ERROR: {why}", red=True, bold=True)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 class SkipVmTier:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -137,6 +167,7 @@ class VmTier:
         self.outdir: Path | None = None
         self.summary = ""
         self.error = ""
+        self.guest_rc: int | None = None
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.nodeids = [item.nodeid for item in session.items if _is_vm(item)]
@@ -170,6 +201,7 @@ class VmTier:
             self.error = f"the VM run failed: {exc}"
             self.results = {}
             return
+        self.guest_rc = rc
         self.results = json.loads(results.read_text()) if results.exists() else {}
         self.summary = (
             f"vm tier: {len(self.nodeids)} test(s) ran in a VM in {time.monotonic() - started:.0f}s, "
@@ -209,6 +241,12 @@ class VmTier:
             elif not (phase == "call" and when == "setup"):  # pytest skips "call" when setup did not pass
                 reports.append(pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, phase))
         return reports
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.guest_rc not in (None, 0):
+            _fail_session(session, f"the guest's pytest exited {self.guest_rc} (a collection or internal "
+                                   f"error there fails the run even if every test reported passed); see {self.outdir}")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.error or self.summary:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import signal
 import statistics
 import subprocess
@@ -23,10 +24,14 @@ from agent.config import AgentConfig, parse_config
 from agent.daemon import running
 from agent.gobgp import GobgpClient, path_to_route
 from agent.gobgpapi import gobgp_pb2 as api
-from agent.model import Community, LargeCommunity
+from agent.model import Attributes, Community, LargeCommunity, Route
+
+from ..helpers import stop_tasks
 
 pytestmark = pytest.mark.vm
 OWNER = LargeCommunity(65001, 4242, 7)
+FOREIGN = LargeCommunity(65001, 4242, 99)
+MARKER = "192.0.2.250/32"
 
 
 @pytest.fixture
@@ -121,6 +126,21 @@ async def watch_table(gobgpd: Gobgpd, seen: list[tuple[float, str, bool]], init:
                     seen.append((now, str(route.prefix), path.is_withdraw))
 
 
+async def flush_watch(gobgpd: Gobgpd, seen: list[tuple[float, str, bool]], watcher: asyncio.Task[None]) -> None:
+    """Wait until everything gobgpd's table did so far has come through the watch stream: add a foreign
+    marker path (another owner, so the agent leaves it alone), wait for it and remove it (the caller drops
+    its events, ``MARKER``, after stopping the watcher)."""
+    marker = Route(ipaddress.ip_network(MARKER), ipaddress.ip_address("192.0.2.1"),
+                   Attributes(large_communities=(FOREIGN,)))
+    async with GobgpClient(gobgpd.target, FOREIGN) as other:
+        await other.add_paths([marker])
+        deadline = time.monotonic() + 30
+        while not any(p == MARKER for _, p, _ in seen):
+            assert time.monotonic() < deadline and not watcher.done(), "the marker path never came through"
+            await asyncio.sleep(0.01)
+        await other.delete_paths([marker])
+
+
 async def test_event_to_rib_latency(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute, uplink: str,
                                     netns_dir: Path) -> None:
     config = make_config(gobgpd, uplink, netns_dir)
@@ -151,11 +171,46 @@ async def test_event_to_rib_latency(gobgpd: Gobgpd, client: GobgpClient, host: A
                     sink.append(arrived - started)
         finally:
             ip.close()
-            watcher.cancel()
+            await stop_tasks(watcher)
     for name, samples in (("advertise", adds), ("withdraw", dels)):
         samples.sort()
         print(f"event -> gobgpd RIB ({name}), n={len(samples)}: median {statistics.median(samples) * 1e3:.1f} ms, "
               f"p99 {samples[int(0.99 * (len(samples) - 1))] * 1e3:.1f} ms, max {samples[-1] * 1e3:.1f} ms")
+
+
+async def test_endpoints_and_plan_commands(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute, uplink: str,
+                                           netns_dir: Path, tmp_path: Path) -> None:
+    """`ipvlan-bgp endpoints` and `plan` as an operator runs them: real ipvlan, a real gobgpd, nothing sent."""
+    c1 = await add_container(host, uplink, netns_dir / "c1", ["10.1.100.2/24", "2001:db8:100::2/64"])
+    # (one ipvlan mode per parent: the kernel switches every slave of the uplink to the last one set)
+    await add_container(host, uplink, netns_dir / "c2", ["10.1.100.3/24"], up=False)
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'uplinks = ["{uplink}"]\nownership_community = "{OWNER}"\nnetns_dirs = ["{netns_dir}"]\n'
+        f'[gobgp]\ntarget = "{gobgpd.target}"\n[status]\nsocket = "{tmp_path / "cli.sock"}"\n'
+        '[[networks]]\nprefix = "10.1.100.0/24"\n[[networks]]\nprefix = "2001:db8:100::/64"\nadvertise = "host"\n'
+    )
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "agent.cli", *args, str(config_file)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    found = {e["ifname"] + "@" + e["netns"]: e for e in json.loads(cli("endpoints", "--json"))["endpoints"]}
+    assert set(found) == {f"eth0@{c1}", f"eth0@{netns_dir / 'c2'}"}
+    e1, e2 = found[f"eth0@{c1}"], found[f"eth0@{netns_dir / 'c2'}"]
+    assert (e1["mode"], e1["parent"], e1["ready"]) == ("L3", uplink, True)
+    assert set(e1["addresses"]) == {"10.1.100.2/24", "2001:db8:100::2/64"}
+    assert (e2["mode"], e2["ready"], e2["addresses"]) == ("L3", False, ["10.1.100.3/24"])
+    table = cli("endpoints")
+    assert table.splitlines()[-1] == f"2 endpoint(s) on uplink(s) {uplink}" and str(c1) in table
+
+    plan = cli("plan").splitlines()
+    added = {line.split()[1] for line in plan if line.startswith("+")}
+    assert added == {"10.1.100.2/32", "10.1.100.0/24", "2001:db8:100::2/128"}  # c2 is down: not ready
+    assert plan[-1] == "3 to add, 0 to withdraw, 0 unchanged (dry run: nothing sent)"
+    assert await owned(client) == {}
 
 
 async def test_agent_sigkill_and_restart_withdraws_nothing(gobgpd: Gobgpd, client: GobgpClient,
@@ -172,33 +227,41 @@ async def test_agent_sigkill_and_restart_withdraws_nothing(gobgpd: Gobgpd, clien
     )
     wanted = {"10.1.100.2/32", "10.1.100.3/32", "10.1.100.0/24", "2001:db8:100::3/128"}
     argv = [sys.executable, "-m", "agent.cli", "run", str(config_file)]
-    log = (tmp_path / "agent.log").open("wb")
-    agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    first_log, second_log = tmp_path / "agent-1.log", tmp_path / "agent-2.log"  # one file each: the wait
+    # below must see the second agent's "in sync", never the first one's
+    with first_log.open("wb") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     seen: list[tuple[float, str, bool]] = []
+    watcher: asyncio.Task[None] | None = None
     try:
         await wait_owned(client, wanted, timeout=120)
-        watcher = asyncio.create_task(watch_table(gobgpd, seen, init=True))
+        watcher = asyncio.create_task(watch_table(gobgpd, seen, init=True), name="watch gobgpd table")
         deadline = time.monotonic() + 30
         while len(seen) < len(wanted):  # the initial table: the stream is attached
-            assert time.monotonic() < deadline, "WatchEvent stream never attached"
+            assert time.monotonic() < deadline and not watcher.done(), "WatchEvent stream never attached"
             await asyncio.sleep(0.01)
         seen.clear()
         agent.send_signal(signal.SIGKILL)
         agent.wait()
-        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with second_log.open("wb") as log:
+            agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
-        while b"in sync with gobgpd" not in (tmp_path / "agent.log").read_bytes():
-            assert agent.poll() is None and time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
+        while b"in sync with gobgpd" not in second_log.read_bytes():
+            assert agent.poll() is None and time.monotonic() < deadline, second_log.read_text()
             await asyncio.sleep(0.1)
-        watcher.cancel()
         assert set(await owned(client)) == wanted
+        await flush_watch(gobgpd, seen, watcher)
+        await stop_tasks(watcher)
+        watcher = None
+        seen[:] = [s for s in seen if s[1] != MARKER]
         assert [s for s in seen if s[2]] == [], f"withdrawals seen across the agent restart: {seen}"
         assert seen == [], f"re-advertisements seen across the agent restart: {seen}"
     finally:
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)
-        log.close()
+        if watcher is not None:
+            await stop_tasks(watcher)
 
 
 async def test_gobgpd_sigkill_and_restart_all_paths_back(gobgpd: Gobgpd, client: GobgpClient, host: AsyncIPRoute,

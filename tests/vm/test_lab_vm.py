@@ -9,6 +9,7 @@ import signal
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from ipvlan_bgp_lab.containers import add_container, netlink_in
@@ -130,17 +131,51 @@ async def test_creation_to_tor_fib_latency_over_50_containers(lab: EmbeddedLab, 
 
 async def test_gobgpd_restart_on_one_host_leaves_the_other_alone(lab: EmbeddedLab, tor_fib: FibWatch) -> None:
     hosts = by_host(lab)
+    host1_live = hosts["host1"] | {"10.1.100.0/24", "2001:db8:100::/64"}
+    host2_live = hosts["host2"] | {"10.2.100.0/24", "2001:db8:200::/64"}
+    sessions_before = _neighbor(lab, "192.0.2.1")["connectionsEstablished"]
     mark = time.monotonic()
     lab.restart("host1/gobgpd")
-    # graceful restart: the ToR keeps host1's routes (stale) while gobgpd comes back and the agent re-adds them
-    for prefix in hosts["host1"]:
+    # The whole restart, not just its start: a new session from host1, its agent's paths back in the new
+    # gobgpd, and graceful restart over at the ToR (no stale host1 path left), so a late End-of-RIB flush
+    # would have been seen below.
+    await _new_session(lab, "192.0.2.1", sessions_before)
+    await _graceful_restart_over(lab, host1_live)
+    print(f"host1 gobgpd SIGKILL + restart: graceful restart over after {time.monotonic() - mark:.1f} s")
+    for prefix in host1_live | host2_live:
         await tor_fib.wait_for(prefix)
-    assert tor_fib.withdrawals(hosts["host2"] | {"10.2.100.0/24", "2001:db8:200::/64"}, since=mark) == []
-    black_holed = tor_fib.withdrawals(hosts["host1"], since=mark)
-    print(f"host1 gobgpd SIGKILL + restart: {len(black_holed)} withdrawal(s) of host1 routes at the ToR")
-    for prefix in hosts["host1"]:  # and, in the end, back for good
-        await tor_fib.wait_for(prefix)
-    await _fresh_session(lab, "192.0.2.1")
+    assert tor_fib.withdrawals(host2_live, since=mark) == []
+    black_holed = tor_fib.withdrawals(host1_live, since=mark)
+    assert black_holed == [], f"graceful restart should keep host1's routes in the ToR FIB: {black_holed}"
+
+
+def _neighbor(lab: EmbeddedLab, address: str) -> dict[str, Any]:
+    data = json.loads(lab.routers["tor"].vtysh(f"show bgp neighbors {address} json") or "{}")
+    neighbor: dict[str, Any] = data.get(address, {})
+    assert "connectionsEstablished" in neighbor, f"unexpected FRR output: {data}"
+    return neighbor
+
+
+async def _new_session(lab: EmbeddedLab, address: str, established_before: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        neighbor = _neighbor(lab, address)
+        if neighbor["connectionsEstablished"] > established_before and neighbor.get("bgpState") == "Established":
+            return
+        assert time.monotonic() < deadline, f"no new BGP session with {address}: {neighbor}"
+        await asyncio.sleep(0.2)
+
+
+async def _graceful_restart_over(lab: EmbeddedLab, prefixes: set[str], timeout: float = 180.0) -> None:
+    """Every prefix in the ToR's BGP table with a path, and no path of it marked stale."""
+    deadline = time.monotonic() + timeout
+    while True:
+        table = lab.routers["tor"].bgp_table()
+        pending = {p for p in prefixes if not table.get(p) or any(path.get("stale") for path in table[p])}
+        if not pending:
+            return
+        assert time.monotonic() < deadline, f"graceful restart not over: {sorted(pending)}"
+        await asyncio.sleep(0.2)
 
 
 async def _fresh_session(lab: EmbeddedLab, neighbor: str, timeout: float = 120.0) -> None:
@@ -184,5 +219,9 @@ async def test_tor_restart_all_routes_return(lab: EmbeddedLab, tor_fib: FibWatch
     for prefix in sorted(wanted):
         await tor_fib.wait_for(prefix, timeout=180)
     print(f"ToR restart: all {len(wanted)} routes back in its FIB after {time.monotonic() - started:.1f} s")
+    for prefix in sorted(wanted):  # they really left (the restart happened), then came back
+        removed = [e.at for e in tor_fib.events if e.prefix == prefix and not e.added and e.at >= started]
+        added = [e.at for e in tor_fib.events if e.prefix == prefix and e.added and e.at >= started]
+        assert removed and added and max(added) > min(removed), f"{prefix} never left the ToR FIB: {removed}"
     found: list[Container] = containers(lab)
     assert all(ping(lab, "client", c.address).ok for c in found)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import uuid
 from pathlib import Path
 
@@ -11,6 +13,12 @@ from pyroute2 import IPRoute, NetNS, netns
 pytestmark = pytest.mark.vm
 
 IPVLAN_MODE_L3 = 1
+
+
+def test_guest_runs_the_pinned_kernel() -> None:
+    if not os.environ.get("IBGP_IN_VM"):
+        pytest.skip("running on this host's own kernel (--vm=local)")
+    assert platform.release() == os.environ["IBGP_VM_KERNEL"].removeprefix("linux-image-")
 
 
 def test_ipvlan_module_is_loaded() -> None:
