@@ -8,6 +8,9 @@ APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping py
 	qemu-system-x86 kmod busybox-static docker.io \
 	debhelper dpkg-dev fakeroot help2man lintian systemd prometheus
 PYTEST_ARGS ?=
+# docker.io is for the VM tests only (dockerd runs in the guest): its units are masked on the host before
+# apt-get can start them, and stopped after (sysvinit: stopped and disabled).
+DOCKER_UNITS := docker.service docker.socket containerd.service
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
@@ -21,10 +24,15 @@ deps:
 	  echo "installing Debian packages:" $$missing; \
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $$missing" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
+	  case " "$$(echo $$missing)" " in *" docker.io "*) \
+	    echo "docker.io is for the VM tests (dockerd runs in the guest): masking its services on this host"; \
+	    systemctl mask $(DOCKER_UNITS) >/dev/null 2>&1 || true;; \
+	  esac; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  case " "$$(echo $$missing)" " in *" docker.io "*) \
-	    echo "docker.io is for the VM tests (dockerd runs in the guest): not starting it on this host"; \
-	    systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1 || true;; \
+	    systemctl stop $(DOCKER_UNITS) >/dev/null 2>&1; \
+	    test -d /run/systemd/system || { service docker stop; update-rc.d docker disable; } >/dev/null 2>&1; \
+	    true;; \
 	  esac; \
 	fi
 
