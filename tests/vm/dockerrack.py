@@ -3,10 +3,10 @@ agent in the guest's own namespace, the ToR (zebra + bgpd) in a namespace of its
 
     ToR netns (FRR, AS 65000)                        guest root namespace (AS 65001), an IPv6 session on up0
       eth1 192.0.2.2/30 2001:db8:ff::2/64  ── veth ── <up0> 192.0.2.1/30 2001:db8:ff::1/64  parent of the L3 network
-      eth2 192.0.2.6/30                    ── veth ── <up1> 192.0.2.5/30                    parent of the L3S network
+      eth2 192.0.2.6/30                    ── veth ── <up1> 192.0.2.5/30                    parent of the 2nd L3 network
                                                       dockerd (tmpfs data root), gobgpd, agent
 
-Docker keeps one ipvlan network per parent, so the L3S network has a parent (and a BGP session) of its own; the
+Docker keeps one ipvlan network per parent, so the second network has a parent (and a BGP session) of its own; the
 ToR takes 10.1/16 only from the first session and 10.2/16 only from the second, so each /32 points at the
 link its container is on. dockerd's data root is a tmpfs (the shared root is read-only); no registry is
 reachable, so the image is a busybox rootfs made here and loaded with `docker import`.
@@ -70,6 +70,10 @@ class DockerEngine:
                 raise RuntimeError(f"dockerd did not come up:\n{self.log_tail()}")
             time.sleep(0.2)
         self.started_in = time.monotonic() - started
+        # dockerd makes its netns directory only for its first sandbox; the agent's inotify watch needs it
+        # before that (a missing directory is picked up by the periodic rescan only). Made once dockerd is up:
+        # made before, dockerd exited at start in one run.
+        self.netns_dir.mkdir(mode=0o755, exist_ok=True)
 
     def stop(self, timeout: float = 60) -> None:
         if self.proc is None:
@@ -137,7 +141,7 @@ router bgp 65000
  !
  address-family ipv4 unicast
   neighbor 192.0.2.1 prefix-list from-l3 in
-  neighbor 192.0.2.5 prefix-list from-l3s in
+  neighbor 192.0.2.5 prefix-list from-l3b in
   no neighbor 2001:db8:ff::1 activate
  exit-address-family
  !
@@ -147,7 +151,7 @@ router bgp 65000
  exit-address-family
 !
 ip prefix-list from-l3 seq 10 permit 10.1.0.0/16 le 32
-ip prefix-list from-l3s seq 10 permit 10.2.0.0/16 le 32
+ip prefix-list from-l3b seq 10 permit 10.2.0.0/16 le 32
 ipv6 prefix-list from-l3-v6 seq 10 permit 2001:db8:100::/48 le 128
 !
 line vty

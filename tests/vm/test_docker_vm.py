@@ -21,15 +21,18 @@ from agent.status import query
 from ..helpers import eventually
 from .dockerrack import DOCKER, IDLE, IMAGE, DockerEngine, DockerRack, guest_tmp, sh
 
-# Opt-in until this module has been seen passing in the VM: its first run there (dockerd up in 21.6 s, the image
-# imported) stopped at the ToR's zebra (a workdir FRR's user could not reach, fixed since) and no VM slot was left
-# to run it again. IBGP_DOCKER_VM=1 runs it.
-pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.environ.get("IBGP_DOCKER_VM") != "1",
-                                                 reason="Docker VM tests are opt-in (IBGP_DOCKER_VM=1)")]
-
-L3, L3S = "l3net", "l3snet"
-GATEWAY = {L3: "192.0.2.1", L3S: "192.0.2.5"}
-AGGREGATE = {L3: "10.1.100.0/24", L3S: "10.2.100.0/24"}
+pytestmark = pytest.mark.vm
+# Docker 20.10's ipvlan driver refuses ipvlan_mode=l3s ("requested ipvlan mode 'l3s' is not valid"): the second
+# network is L3 too, on a parent of its own (Docker keeps one ipvlan network per parent). L3S is covered by the
+# lab's tests, with slaves made by `ip`.
+L3, L3B = "l3net", "l3bnet"
+GATEWAY = {L3: "192.0.2.1", L3B: "192.0.2.5"}
+AGGREGATE = {L3: "10.1.100.0/24", L3B: "10.2.100.0/24"}
+# `docker run` returned -> its /32 in the ToR FIB, every single run of the module (summed up at its end)
+RUN_TO_FIB: list[float] = []
+# How many containers test_many_containers_at_once starts (the issue's figure is for 50; CI runs 20: each
+# `docker run` costs several seconds of the emulated guest's CPU)
+BULK = int(os.environ.get("IBGP_DOCKER_BULK", "20"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def rack() -> Iterator[DockerRack]:
         engine.docker("network", "create", "-d", "ipvlan", "-o", f"parent={rack.uplinks[0]}", "-o", "ipvlan_mode=l3",
                       "--subnet", "10.1.100.0/24", "--ipv6", "--subnet", "2001:db8:100::/64", L3)
         engine.docker("network", "create", "-d", "ipvlan", "-o", f"parent={rack.uplinks[1]}", "-o",
-                      "ipvlan_mode=l3s", "--subnet", "10.2.100.0/24", L3S)
+                      "ipvlan_mode=l3", "--subnet", "10.2.100.0/24", L3B)
         deadline = time.monotonic() + 120
         while "in sync with gobgpd" not in rack.agent_log_text() or not sessions_up(rack):
             assert rack.agent is not None and rack.agent.poll() is None, rack.agent_log_text()[-3000:]
@@ -55,6 +58,8 @@ def rack() -> Iterator[DockerRack]:
         print(f"docker rack ready in {time.monotonic() - started:.1f} s")
         yield rack
     finally:
+        if RUN_TO_FIB:
+            print(f"docker run returned -> /32 in the ToR FIB, one at a time, all tests: {summary(RUN_TO_FIB)}")
         print(f"--- agent log (tail) ---\n{rack.agent_log_text()[-4000:] if rack.agent_log.exists() else ''}")
         engine.docker("rm", "-f", *engine.docker("ps", "-aq", check=False).stdout.split(), check=False)
         rack.down()
@@ -89,11 +94,14 @@ def cleanup(rack: DockerRack, *names: str) -> None:
 async def run_and_wait(rack: DockerRack, fib: FibWatch, name: str, network: str, *options: str) -> tuple[str, float]:
     """`docker run`, then wait for the container's /32 in the ToR FIB via the right link; returns (address,
     seconds from `docker run` returning to the route in the FIB)."""
+    called = time.monotonic()
     rack.engine.run(name, network, *options)
     returned = time.monotonic()
     address = rack.engine.address(name, network)
     arrived = await fib.wait_for(f"{address}/32")
     assert fib.routes[f"{address}/32"] == (GATEWAY[network],)
+    RUN_TO_FIB.append(arrived - returned)
+    print(f"docker run {name}: {returned - called:.1f} s; returned -> /32 in the ToR FIB {arrived - returned:.3f} s")
     return address, arrived - returned
 
 
@@ -103,11 +111,11 @@ def summary(samples: list[float]) -> str:
 
 
 async def test_fixed_and_ipam_assigned_addresses_reach_the_tor(rack: DockerRack, tor_fib: FibWatch) -> None:
-    names = ["fix3", "auto3", "fix3s", "auto3s"]
+    names = ["fix3", "auto3", "fix3b", "auto3b"]
     samples = []
     try:
         for name, network, options in (("fix3", L3, ["--ip", "10.1.100.10"]), ("auto3", L3, []),
-                                       ("fix3s", L3S, ["--ip", "10.2.100.10"]), ("auto3s", L3S, [])):
+                                       ("fix3b", L3B, ["--ip", "10.2.100.10"]), ("auto3b", L3B, [])):
             address, took = await run_and_wait(rack, tor_fib, name, network, *options)
             samples.append(took)
             if name.startswith("fix"):
@@ -130,14 +138,16 @@ async def test_ipv6_network_reaches_the_tor(rack: DockerRack, tor_fib: FibWatch)
     """`docker network create --ipv6`: each container's /128 and the network's /64 in the ToR FIB, ping6."""
     try:
         v4, _ = await run_and_wait(rack, tor_fib, "dual", L3)
-        returned = time.monotonic()
-        fixed = "2001:db8:100::66"
-        rack.engine.run("dual6", L3, "--ip6", fixed)
         v6 = rack.engine.address("dual", L3, family=6)
         assert v6.startswith("2001:db8:100:"), v6
+        fixed = "2001:db8:100::66"
+        called = time.monotonic()
+        rack.engine.run("dual6", L3, "--ip6", fixed)
+        returned = time.monotonic()
         for address in (v6, fixed):
             arrived = await tor_fib.wait_for(f"{address}/128")
-            print(f"{address}/128 via {tor_fib.routes[f'{address}/128']}, {arrived - returned:.2f} s after docker run")
+            print(f"{address}/128 via {tor_fib.routes[f'{address}/128']}, {arrived - returned:.2f} s after "
+                  f"`docker run dual6` returned ({returned - called:.1f} s after it was called)")
             assert rack.ping(address), f"the ToR cannot ping6 {address}"
         await tor_fib.wait_for("2001:db8:100::/64")
         assert rack.ping(v4)
@@ -166,26 +176,34 @@ async def test_stop_start_restart_kill_rm(rack: DockerRack, tor_fib: FibWatch) -
 
 
 async def test_network_connect_and_disconnect_of_a_running_container(rack: DockerRack, tor_fib: FibWatch) -> None:
+    """Disconnect a running container from its ipvlan network, connect it again with another address. (Docker
+    20.10 cannot connect a second L3 ipvlan network to a running container: each sets a default route, the
+    second fails with "error setting interface ... routes to [0.0.0.0/0]: file exists".)"""
     try:
-        first, _ = await run_and_wait(rack, tor_fib, "multi", L3)
+        stay, _ = await run_and_wait(rack, tor_fib, "stay", L3)
+        first, _ = await run_and_wait(rack, tor_fib, "multi", L3B, "--ip", "10.2.100.76")
         mark = time.monotonic()
-        rack.engine.docker("network", "connect", "--ip", "10.2.100.77", L3S, "multi")
+        rack.engine.docker("network", "disconnect", L3B, "multi")
+        await tor_fib.wait_for(f"{first}/32", present=False)
+        assert not rack.ping(first)
+        rack.engine.docker("network", "connect", "--ip", "10.2.100.77", L3B, "multi")
         await tor_fib.wait_for("10.2.100.77/32")
-        assert tor_fib.routes["10.2.100.77/32"] == (GATEWAY[L3S],)
-        assert rack.ping("10.2.100.77") and rack.ping(first)
-        rack.engine.docker("network", "disconnect", L3S, "multi")
-        await tor_fib.wait_for("10.2.100.77/32", present=False)
-        assert tor_fib.withdrawals({f"{first}/32"}, since=mark) == []  # the other network's route stayed
-        assert rack.ping(first)
+        assert tor_fib.routes["10.2.100.77/32"] == (GATEWAY[L3B],)
+        assert rack.ping("10.2.100.77")
+        assert rack.engine.docker("inspect", "-f", "{{.State.Running}} {{.RestartCount}}", "multi").stdout.split() \
+            == ["true", "0"]  # the same running container throughout
+        assert tor_fib.withdrawals({f"{stay}/32"}, since=mark) == []  # the other container's route stayed
+        assert rack.ping(stay)
     finally:
-        cleanup(rack, "multi")
+        cleanup(rack, "multi", "stay")
+    await tor_fib.wait_for("10.2.100.77/32", present=False)
 
 
-async def test_fifty_containers_at_once(rack: DockerRack, tor_fib: FibWatch) -> None:
-    names = [f"bulk{i}" for i in range(50)]
+async def test_many_containers_at_once(rack: DockerRack, tor_fib: FibWatch) -> None:
+    names = [f"bulk{i}" for i in range(BULK)]
     returned: dict[str, float] = {}
 
-    clients = asyncio.Semaphore(10)  # 50 docker CLIs at once would need more memory than the guest has
+    clients = asyncio.Semaphore(4)  # more at once only queue in the guest's 2 emulated CPUs (and memory)
 
     async def one(name: str) -> None:
         async with clients:
@@ -203,17 +221,17 @@ async def test_fifty_containers_at_once(rack: DockerRack, tor_fib: FibWatch) -> 
     started = time.monotonic()
     try:
         await asyncio.gather(*(one(n) for n in names))
-        print(f"50 x docker run (10 at a time) returned after {time.monotonic() - started:.1f} s")
+        print(f"{BULK} x docker run (4 at a time) returned after {time.monotonic() - started:.1f} s")
         addresses = {}
         for name in names:
             addresses[name] = rack.engine.address(name, L3)
-        assert len(set(addresses.values())) == 50
+        assert len(set(addresses.values())) == BULK
         for address in addresses.values():
             await tor_fib.wait_for(f"{address}/32", timeout=180)
-        print(f"all 50 /32s in the ToR FIB {time.monotonic() - started:.1f} s after the first docker run")
+        print(f"all {BULK} /32s in the ToR FIB {time.monotonic() - started:.1f} s after the first docker run")
         samples = [next(e.at for e in tor_fib.events if e.added and e.prefix == f"{addresses[n]}/32") - returned[n]
                    for n in names]
-        print(f"docker run returned -> /32 in the ToR FIB (50 at once), {summary(samples)}")
+        print(f"docker run returned -> /32 in the ToR FIB ({BULK} at once), {summary(samples)}")
         unreachable = [a for a in addresses.values() if not rack.ping(a)]
         assert unreachable == [], f"the ToR cannot reach {unreachable}"
     finally:
@@ -244,7 +262,8 @@ async def test_ipam_ownership_labels_and_refusals(rack: DockerRack, tor_fib: Fib
                          what="the agent to report both refusals")
         witness, _ = await run_and_wait(rack, tor_fib, "witness", L3)  # a pass after both refusals
         assert "10.1.100.200/32" not in tor_fib.routes and "10.1.100.201/32" not in tor_fib.routes
-        assert not rack.ping("10.1.100.200")
+        # (The ToR still reaches 10.1.100.200 through the network's aggregate: ipvlan delivers to the slave
+        # that holds the address. What ownership refuses is the /32 that would pull it to this host.)
         log = rack.agent_log_text()
         assert "(container rogue): inside a Docker network, not assigned by Docker" in log
         assert "refused 10.1.100.201/32 from" in log and "(container quiet): its container opted out" in log
@@ -267,7 +286,7 @@ async def test_dockerd_restart_without_live_restore(rack: DockerRack, tor_fib: F
     prefixes = {"10.1.100.40/32", "10.2.100.40/32"}
     try:
         await run_and_wait(rack, tor_fib, "pol1", L3, "--ip", "10.1.100.40", "--restart", "always")
-        await run_and_wait(rack, tor_fib, "pol2", L3S, "--ip", "10.2.100.40", "--restart", "always")
+        await run_and_wait(rack, tor_fib, "pol2", L3B, "--ip", "10.2.100.40", "--restart", "always")
         lost_before = rack.agent_log_text().count("unreachable")
         started = time.monotonic()
         rack.engine.stop()
@@ -288,7 +307,7 @@ async def test_dockerd_restart_with_live_restore_withdraws_nothing(rack: DockerR
     prefixes = {"10.1.100.50/32", "10.2.100.50/32", "10.1.100.0/24", "10.2.100.0/24"}
     try:
         await run_and_wait(rack, tor_fib, "lr1", L3, "--ip", "10.1.100.50")
-        await run_and_wait(rack, tor_fib, "lr2", L3S, "--ip", "10.2.100.50")
+        await run_and_wait(rack, tor_fib, "lr2", L3B, "--ip", "10.2.100.50")
         log_before = len(rack.agent_log_text())
         mark = time.monotonic()
         rack.engine.stop()
