@@ -5,9 +5,12 @@ PY := $(VENV)/bin/python
 # Debian's python3 starts ~4x faster than a pyenv build inside the VM test tier (shared over 9p).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 APT_PACKAGES := gobgpd golang-github-osrg-gobgp-dev frr iproute2 iputils-ping python3-venv \
-	qemu-system-x86 kmod busybox-static \
+	qemu-system-x86 kmod busybox-static docker.io \
 	debhelper dpkg-dev fakeroot help2man lintian systemd prometheus
 PYTEST_ARGS ?=
+# docker.io is for the VM tests only (dockerd runs in the guest): its units are masked on the host before
+# apt-get can start them, and stopped after (sysvinit: stopped and disabled).
+DOCKER_UNITS := docker.service docker.socket containerd.service
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
@@ -21,7 +24,16 @@ deps:
 	  echo "installing Debian packages:" $$missing; \
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $$missing" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
+	  case " "$$(echo $$missing)" " in *" docker.io "*) \
+	    echo "docker.io is for the VM tests (dockerd runs in the guest): masking its services on this host"; \
+	    systemctl mask $(DOCKER_UNITS) >/dev/null 2>&1 || true;; \
+	  esac; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  case " "$$(echo $$missing)" " in *" docker.io "*) \
+	    systemctl stop $(DOCKER_UNITS) >/dev/null 2>&1; \
+	    test -d /run/systemd/system || { service docker stop; update-rc.d docker disable; } >/dev/null 2>&1; \
+	    true;; \
+	  esac; \
 	fi
 
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -96,7 +108,7 @@ DOCDIR ?= /usr/share/doc/ipvlan-bgp-agent
 install: wheel
 	$(BASE_PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q --upgrade pip
-	$(PREFIX)/bin/pip install -q $(DIST)/ipvlan_bgp_agent-*.whl
+	$(PREFIX)/bin/pip install -q "$$(ls $(DIST)/ipvlan_bgp_agent-*.whl)[docker]"  # [docker]: aiodocker
 	$(PREFIX)/bin/pip install -q --force-reinstall --no-deps $(DIST)/ipvlan_bgp_agent-*.whl  # same version, new code
 	ln -sf $(PREFIX)/bin/ipvlan-bgp /usr/local/bin/ipvlan-bgp
 	sed 's|/opt/ipvlan-bgp-agent|$(PREFIX)|g' config/ipvlan-bgp-agent.service > /etc/systemd/system/ipvlan-bgp-agent.service

@@ -267,6 +267,26 @@ class StatusConfig(_Strict):
         return self
 
 
+class DockerNetworkPolicy(_Strict):
+    name: str = Field(min_length=1, description="a Docker network's name")
+    allowed_communities: tuple[CommunityValue, ...] = ()
+    allowed_large_communities: tuple[LargeCommunityValue, ...] = ()
+
+
+class DockerConfig(_Strict):
+    """Docker as a source of truth: which ipvlan networks exist and which addresses its IPAM assigned."""
+
+    enabled: bool = False
+    socket: Path = Path("/run/docker.sock")
+    allowed_supernets: tuple[NetworkPrefix, ...] = Field(default=(), description="a Docker ipvlan network "
+                                                         "supplies a [[networks]] entry only inside one of these")
+    networks: tuple[DockerNetworkPolicy, ...] = Field(default=(), description="per Docker network: the extra "
+                                                      "communities a container's labels may ask for")
+
+    def policy_for(self, network_name: str) -> DockerNetworkPolicy | None:
+        return next((p for p in self.networks if p.name == network_name), None)
+
+
 class AgentConfig(_Strict):
     uplinks: tuple[InterfaceName, ...] = Field(min_length=1)
     ownership_community: LargeCommunityValue
@@ -284,6 +304,7 @@ class AgentConfig(_Strict):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     status: StatusConfig = StatusConfig()
+    docker: DockerConfig = DockerConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -297,6 +318,11 @@ class AgentConfig(_Strict):
                     f"networks[{i}] uses the ownership community {self.ownership_community}; "
                     "it is reserved to mark the agent's own paths"
                 )
+        names = [p.name for p in self.docker.networks]
+        problems += [f"docker.networks: {n!r} listed more than once" for n in sorted(set(names)) if names.count(n) > 1]
+        problems += [f"docker.networks[{i}] allows the ownership community {self.ownership_community}; it is "
+                     "reserved to mark the agent's own paths" for i, p in enumerate(self.docker.networks)
+                     if self.ownership_community in p.allowed_large_communities]
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -30,6 +30,7 @@ from . import wiring
 from .config import AgentConfig, ConfigError, OnShutdown, load_config
 from .dampening import FlapDamper
 from .discovery import DiscoveryStats, EndpointSource
+from .docker_ownership import DockerOwnership
 from .drain import Drain, load_drain, save_drain
 from .endpoints import Endpoint, flatten
 from .gobgp import BgpSpeaker, GobgpError, GobgpEventKind
@@ -39,7 +40,7 @@ from .model import IPNetwork
 from .pacing import NamespacePacer
 from .peers import release_held_peers
 from .reconciler import Reconciler
-from .routes import Plan, Refusal
+from .routes import Plan, Refusal, group_by_namespace
 from .state import AgentState, PassResult
 from .status import StatusServer
 from .systemd import notify, watchdog_interval
@@ -108,6 +109,8 @@ class Daemon:
                         "`ipvlan-bgp undrain`", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.drain.since)),
                         config.drain.state_file)
         self._apply_drain()
+        self.docker = DockerOwnership(config, lambda: self.wakeups.post(Reason.CHANGE)) \
+            if config.docker.enabled else None
         self.failure: str | None = None  # why the agent gave up (exits non-zero)
         self._held_down: tuple[Endpoint, ...] = ()
         self._on_ready = on_ready
@@ -210,6 +213,8 @@ class Daemon:
             asyncio.create_task(self._supervised("gobgp-watch", self._watch_gobgp), name="gobgp-watch"),
             asyncio.create_task(self._supervised("drift-checks", self._drift_timer), name="drift-checks"),
         ]
+        if self.docker is not None:
+            tasks.append(asyncio.create_task(self._supervised("docker", self.docker.run), name="docker"))
         interval = watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(self._supervised("watchdog", lambda: self._liveness(interval)),
@@ -303,8 +308,8 @@ class Daemon:
 
     async def _push_early(self) -> None:
         by_namespace = self.discovery.by_namespace()
-        if not by_namespace:  # nothing yet, or the host's own namespace (its addresses are never ours) unread
-            return
+        if not by_namespace or self.docker is not None:
+            return  # nothing yet, the host's own namespace (its addresses are never ours) unread, or Docker decides
         damped = self.damper.filter(by_namespace, time.monotonic())
         try:
             self.reconciler.host_addresses = self.discovery.host_addresses()
@@ -425,7 +430,9 @@ class Daemon:
             if self.reconciler.local_as is None and self.config.drain.as_path_prepend:  # gobgpd was down at start
                 self.reconciler.local_as = (await self.speaker.connect(self.config.gobgp.connect_timeout)).asn
             self.reconciler.host_addresses = self.discovery.host_addresses()
-            plan = await self.reconciler.reconcile(damped.by_namespace)
+            usable = damped.by_namespace if self.docker is None \
+                else group_by_namespace(self._docker_filter(damped.endpoints))
+            plan = await self.reconciler.reconcile(usable)
         except Exception as exc:  # any failure costs a retry, never the loop
             error, kind = type(exc).__name__, error_kind(exc)
             if isinstance(exc, GobgpError):
@@ -443,6 +450,15 @@ class Daemon:
             prefix_counts=dict(self.reconciler.prefix_counts), refused=refused, refused_before=refused_before,
             netlink_dropped=stats.dropped,
         )
+
+    def _docker_filter(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """[docker]: only the addresses Docker assigned, its networks, label communities (agent.docker_ownership)."""
+        assert self.docker is not None
+        filtered = self.docker.apply(endpoints, self.discovery.namespace_ids(), self.config)
+        r = self.reconciler
+        r.config, r.extras, r.docker_refused, r.frozen = (filtered.config, filtered.extras, filtered.refused,
+                                                          self.docker.frozen)
+        return filtered.endpoints
 
     def _publish_pass(self, endpoints: tuple[Endpoint, ...], held: tuple[Endpoint, ...], stats: DiscoveryStats,
                       refused: Mapping[Refusal, frozenset[IPNetwork]]) -> None:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from .config import AgentConfig
 from .endpoints import Endpoint
 from .gobgp import BgpSpeaker
+from .ipam import with_docker
 from .logs import source_fields
-from .model import IPAddress, IPNetwork, Route
+from .model import Attributes, IPAddress, IPNetwork, Route
 from .routes import Desired, DesiredIndex, Plan, Refusal, desired_routes, plan, plan_changes
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class Reconciler:
         # What we advertised last, kept across invalidate(): after gobgpd restarts with an empty RIB these keep
         # their place under the caps.
         self.advertised: set[IPNetwork] = set()
+        # With [docker] on (set by the owner, see agent.docker_ownership): communities container labels add per
+        # host prefix, what Docker's IPAM refused, and `frozen` (hold what gobgpd has) until Docker first answers.
+        self.extras: Mapping[IPNetwork, Attributes] = {}
+        self.docker_refused: Mapping[IPNetwork, tuple[Refusal, tuple[str, ...]]] = {}
+        self.frozen = False
         # gobgpd's path count per family as implied by our last full read and our own changes since.
         self._expected_counts: dict[int, int] | None = None
         self._index: DesiredIndex | None = None
@@ -136,7 +142,10 @@ class Reconciler:
         self.prefix_counts[key] = self.prefix_counts.get(key, 0) + delta
 
     def compute(self, endpoints: Iterable[Endpoint], actual: dict[IPNetwork, Route]) -> tuple[Desired, Plan]:
-        desired = desired_routes(endpoints, self.config, self.host_addresses, self.drained, self._prepend())
+        if self.frozen:
+            return Desired(dict(actual), {}), Plan(keep=tuple(actual.values()))
+        desired = with_docker(desired_routes(endpoints, self.config, self.host_addresses, self.drained,
+                                             self._prepend()), self.extras, self.docker_refused)
         wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else desired.routes
         return desired, plan(wanted, actual, self.config.max_prefixes, self.config.namespace_quota,
                              desired.owners, self.advertised)
@@ -158,20 +167,25 @@ class Reconciler:
                 self._exact = False
             index = self._current_index()
             touched = index.update(by_namespace)
-            by_changes = self._exact and index.within_caps and not self.withdrawn
-            if by_changes:
+            # With Docker's labels or refusals in play the routes are the index's, amended: planned whole.
+            docker = bool(self.extras or self.docker_refused)
+            by_changes = self._exact and index.within_caps and not self.withdrawn and not docker
+            desired = with_docker(index.view(), self.extras, self.docker_refused) if docker else index.view()
+            if self.frozen:  # Docker has not answered yet: hold what gobgpd has
+                p = Plan(keep=tuple(self.actual.values()))
+            elif by_changes:
                 p = plan_changes(index.routes, self.actual, touched)
                 self.stats.planned_by_changes += 1
             else:
-                wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else index.routes
+                wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else desired.routes
                 p = plan(wanted, self.actual, self.config.max_prefixes, self.config.namespace_quota,
                          index.owners, self.advertised)
-            desired = self.desired = index.view()
+            self.desired = desired
             self._report_refusals(index, p)
             await self._apply(p, self.actual, desired)
             if not by_changes:
                 self.advertised = set(self.actual)
-            self._exact = index.within_caps and not self.withdrawn
+            self._exact = index.within_caps and not self.withdrawn and not docker and not self.frozen
         except BaseException:
             self.stats.failures += 1
             self.invalidate()
@@ -184,8 +198,8 @@ class Reconciler:
         return p
 
     async def _push_early(self, by_namespace: Mapping[str, tuple[Endpoint, ...]]) -> Plan:
-        if self.withdrawn:
-            return Plan()
+        if self.withdrawn or self.frozen or self.extras or self.docker_refused:
+            return Plan()  # drained to nothing, or Docker decides: the first whole pass does it
         try:
             if self.actual is None:
                 self.actual = await self.read_actual()
@@ -235,15 +249,20 @@ class Reconciler:
             Refusal.HOST_ADDRESS: "an address of this host (or a configured next hop)",
             Refusal.DUPLICATE: "claimed from more than one namespace (not an anycast network), advertised for none "
                                "until unique",
+            Refusal.NOT_ASSIGNED_BY_DOCKER: "inside a Docker network, not assigned by Docker to that endpoint",
+            Refusal.OPTED_OUT: "its container opted out (label ipvlan-bgp.advertise)",
         }
         now: dict[Refusal, frozenset[IPNetwork]] = {reason: frozenset(index.refused_by_reason[reason])
                                                     for reason in why}
+        for prefix, (reason, _) in self.docker_refused.items():
+            now[reason] = now[reason] | {prefix}
         now[Refusal.QUOTA] = frozenset(r.prefix for r in p.over_quota)
         now[Refusal.CAP] = frozenset(r.prefix for r in p.over_cap)
         for reason, prefixes in now.items():
             for prefix in sorted(prefixes - self.stats.refused.get(reason, frozenset()),
                                  key=lambda n: (n.version, n)):
-                sources = index.refused.get(prefix, (reason, index.sources.get(prefix, ())))[1]
+                sources = (self.docker_refused.get(prefix) or index.refused.get(prefix)
+                           or (reason, index.sources.get(prefix, ())))[1]
                 text = why.get(reason) or (f"max_prefixes_per_namespace ({self.config.namespace_quota}) reached"
                                            if reason == Refusal.QUOTA else
                                            f"max_prefixes ({self.config.max_prefixes}) reached")

@@ -31,6 +31,8 @@ class Refusal(StrEnum):
     DUPLICATE = "duplicate"  # claimed from two namespaces: advertised for neither until it is unique
     QUOTA = "namespace_quota"  # past max_prefixes_per_namespace
     CAP = "max_prefixes"  # past the global cap
+    NOT_ASSIGNED_BY_DOCKER = "not_assigned_by_docker"  # [docker]: Docker did not give it to that endpoint
+    OPTED_OUT = "opted_out"  # [docker]: its container's label ipvlan-bgp.advertise=false
 
 
 @dataclass(frozen=True)

@@ -630,14 +630,14 @@ async def bench_tor(samples: int) -> dict[str, Any]:
     from ipvlan_bgp_lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
     from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab
     from ipvlan_bgp_lab.fibwatch import FibWatch
-    from ipvlan_bgp_lab.status import containers
+    from ipvlan_bgp_lab.status import containers, host_prefix
     from ipvlan_bgp_lab.topology import load_topology
 
     lab = EmbeddedLab(load_topology(DEFAULT_TOPOLOGY))
     lab.down()
     lab.up(progress=lambda line: None)
     try:
-        wait_for_routes(lab, "tor", {f"{c.address}/32" for c in containers(lab)}, timeout=300)
+        wait_for_routes(lab, "tor", {host_prefix(c.address) for c in containers(lab)}, timeout=300)
         fib = await FibWatch(NETNS_DIR / lab.state.node_ns("tor")).start()
         floor, agent = [], []
         async with GobgpClient(lab.gobgp_api("host1"), LargeCommunity(65001, 4242, 99)) as client:

@@ -202,6 +202,9 @@ class FakeDiscovery:
     def host_addresses(self) -> frozenset[IPAddress]:
         return self.host
 
+    def namespace_ids(self) -> dict[str, tuple[int, int]]:
+        return {}
+
     def stats(self) -> DiscoveryStats:
         return DiscoveryStats(namespaces=1, resyncs=0, missing_uplinks=self.missing_uplinks)
 

@@ -13,11 +13,12 @@ import platform
 import sys
 import tempfile
 import time
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 from . import repo_root
 from .embedded import EmbeddedLab
-from .status import containers, fib, host_paths, neighbor_of, ping
+from .status import containers, fib, host_paths, host_prefix, neighbor_of, ping
 from .topology import load_topology
 
 
@@ -31,6 +32,11 @@ def kernel_has_ipvlan() -> bool:
     if not Path("/sys/module/ipvlan").exists():
         os.system("modprobe -q ipvlan 2>/dev/null")
     return Path("/sys/module/ipvlan").exists()
+
+
+def _network_order(prefix: str) -> tuple[int, IPv4Network | IPv6Network]:
+    network = ip_network(prefix)
+    return (network.version, network)
 
 
 def wait_for_routes(lab: EmbeddedLab, router: str, prefixes: set[str], timeout: float) -> float:
@@ -47,16 +53,17 @@ def show(lab: EmbeddedLab, timeout: float = 180.0) -> bool:
     router = lab.topology.by_role("router")[0].name
     wanted = containers(lab)
     names = neighbor_of(lab, router)
-    print(f"\nwaiting for {router}'s FIB to have a route to each of {len(wanted)} containers ...", flush=True)
-    took = wait_for_routes(lab, router, {f"{c.address}/32" for c in wanted}, timeout)
+    print(f"\nwaiting for {router}'s FIB to have a route to each of {len(wanted)} container addresses ...",
+          flush=True)
+    took = wait_for_routes(lab, router, {host_prefix(c.address) for c in wanted}, timeout)
     print(f"  all there {took:.1f} s after the agents started\n")
 
-    print(f"{router}: BGP routes in its kernel FIB (ip route show proto bgp)")
-    for prefix, hops in sorted(fib(lab, router).items()):
+    print(f"{router}: BGP routes in its kernel FIB (ip -4/-6 route show proto bgp)")
+    for prefix, hops in sorted(fib(lab, router).items(), key=lambda item: _network_order(item[0])):
         via = ", ".join(f"{hop} ({names.get(hop, '?')})" for hop in hops)
-        print(f"  {prefix:<18} via {via}")
+        print(f"  {prefix:<22} via {via}")
     for host in lab.topology.by_role("host"):
-        print(f"\n{host.name}: paths in its gobgpd (gobgp global rib -a ipv4)")
+        print(f"\n{host.name}: paths in its gobgpd (gobgp global rib -a ipv4 / ipv6)")
         print("  " + "  ".join(host_paths(lab, host.name)))
     ok = True
     for source in (n.name for n in lab.topology.by_role("plain")):
@@ -65,7 +72,7 @@ def show(lab: EmbeddedLab, timeout: float = 180.0) -> bool:
             result = ping(lab, source, container.address)
             ok &= result.ok
             rtt = f"{result.rtt_ms:.2f} ms" if result.rtt_ms is not None else "no reply"
-            print(f"  {container.address:<14} ({container.netns} on {container.host}): "
+            print(f"  {container.address:<18} ({container.netns} on {container.host}): "
                   f"{'ok' if result.ok else 'FAILED'} {rtt}")
     return ok
 

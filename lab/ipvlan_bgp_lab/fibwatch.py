@@ -1,6 +1,6 @@
 """Watch a namespace's kernel FIB from one in-process netlink socket (no `ip` per poll).
 
-Records every IPv4 route added or removed, with a monotonic timestamp, and keeps the current set of
+Records every IPv4 and IPv6 route added or removed, with a monotonic timestamp, and keeps the current set of
 routes by prefix, so a test can both wait for a route and prove a route was never withdrawn. If the
 socket overflows anyway (ENOBUFS: a burst of 10,000 routes outran a 4 MB buffer in the emulated VM),
 ``overflows`` counts it and a fresh dump records the difference, as events at the time of the dump.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
 
 from agent.netns import open_netlink_in
 
@@ -46,8 +46,9 @@ class FibWatch:
     async def start(self) -> FibWatch:
         sock = open_netlink_in(str(self.netns), EVENT_BUFFER)
         keep = socket.socket(fileno=os.dup(sock.fileno()))  # the same socket, to set its buffer again below
-        events = AsyncIPRoute(fileno=sock.detach(), groups=RTMGRP_IPV4_ROUTE)
-        await events.bind(groups=RTMGRP_IPV4_ROUTE)
+        groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+        events = AsyncIPRoute(fileno=sock.detach(), groups=groups)
+        await events.bind(groups=groups)
         with keep:  # pyroute2 has set SO_RCVBUF to its own 1 MB (capped by rmem_max): force ours back
             keep.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENT_BUFFER)
         await self._dump(record=False)
@@ -59,8 +60,9 @@ class FibWatch:
         self.routes.clear()
         requests = AsyncIPRoute(fileno=open_netlink_in(str(self.netns), 4 << 20).detach())
         try:
-            async for msg in await requests.route("dump", family=2):
-                self._apply(msg, record=False)
+            for family in (2, 10):
+                async for msg in await requests.route("dump", family=family):
+                    self._apply(msg, record=False)
         finally:
             requests.close()
         if record:
@@ -87,7 +89,7 @@ class FibWatch:
         get = msg.get_attr  # type: ignore[attr-defined]
         if get("RTA_TABLE") not in (None, 254):  # main table only
             return
-        dst = get("RTA_DST") or "0.0.0.0"
+        dst = get("RTA_DST") or ("::" if msg["family"] == 10 else "0.0.0.0")  # type: ignore[index]
         prefix = f"{dst}/{msg['dst_len']}"  # type: ignore[index]
         gateway = get("RTA_GATEWAY")
         if gateway:

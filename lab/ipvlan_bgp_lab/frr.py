@@ -52,8 +52,11 @@ class FrrRouter:
         return out.stdout
 
     def bgp_table(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.vtysh("show ip bgp json") or "{}")
-        routes: dict[str, Any] = data.get("routes", {})
+        """Paths by prefix, IPv4 and IPv6 unicast."""
+        routes: dict[str, Any] = {}
+        for family in ("ipv4", "ipv6"):
+            data: dict[str, Any] = json.loads(self.vtysh(f"show bgp {family} unicast json") or "{}")
+            routes.update(data.get("routes", {}))
         return routes
 
     def bgp_summary(self) -> dict[str, Any]:

@@ -27,8 +27,13 @@ class Ping:
     rtt_ms: float | None
 
 
+def host_prefix(address: str) -> str:
+    """The /32 or /128 of a container address."""
+    return f"{address}/{ipaddress.ip_address(address).max_prefixlen}"
+
+
 def containers(lab: EmbeddedLab) -> list[Container]:
-    """Container namespaces and their global IPv4 addresses, with the host each one belongs to."""
+    """Container namespaces and their global IPv4 and IPv6 addresses, with the host each one belongs to."""
     owner = {}
     for node in lab.topology.nodes.values():
         for line in node.exec:
@@ -37,21 +42,23 @@ def containers(lab: EmbeddedLab) -> list[Container]:
                 owner[match.group(1)] = node.name
     found = []
     for ns in lab.state.containers:
-        out = ip("-j", "-4", "addr", "show", "scope", "global", netns=ns, check=False)
+        out = ip("-j", "addr", "show", "scope", "global", netns=ns, check=False)
         for iface in json.loads(out.stdout or "[]"):
             for info in iface.get("addr_info", []):
-                found.append(Container(ns, owner.get(ns, "?"), info["local"]))
-    return sorted(found, key=lambda c: ipaddress.ip_address(c.address))
+                if "local" in info:  # `ip -j` lists an address the filter dropped as an empty object
+                    found.append(Container(ns, owner.get(ns, "?"), info["local"]))
+    return sorted(found, key=lambda c: (ipaddress.ip_address(c.address).version, ipaddress.ip_address(c.address)))
 
 
 def fib(lab: EmbeddedLab, router: str) -> dict[str, list[str]]:
-    """BGP routes in the router's kernel FIB: prefix -> next hops."""
-    out = ip("-j", "route", "show", "proto", "bgp", netns=lab.state.node_ns(router), check=False)
+    """BGP routes (IPv4, then IPv6) in the router's kernel FIB: prefix -> next hops."""
     table: dict[str, list[str]] = {}
-    for route in json.loads(out.stdout or "[]"):
-        dst = route["dst"] if "/" in route["dst"] else f"{route['dst']}/32"
-        hops = [route["gateway"]] if "gateway" in route else [h["gateway"] for h in route.get("nexthops", [])]
-        table[dst] = hops
+    for family in ("-4", "-6"):
+        out = ip("-j", family, "route", "show", "proto", "bgp", netns=lab.state.node_ns(router), check=False)
+        for route in json.loads(out.stdout or "[]"):
+            dst = route["dst"] if "/" in route["dst"] else host_prefix(route["dst"])
+            hops = [route["gateway"]] if "gateway" in route else [h["gateway"] for h in route.get("nexthops", [])]
+            table[dst] = hops
     return table
 
 
@@ -59,12 +66,14 @@ def host_paths(lab: EmbeddedLab, host: str) -> list[str]:
     """Prefixes the host's gobgpd originates (its RIB also holds what the ToR sends back: left out)."""
     target = lab.state.api.get(host, "127.0.0.1:50051")
     address, _, port = target.rpartition(":")
-    out = subprocess.run([*enter(lab.state.node_ns(host)), "gobgp", "-u", address, "-p", port,
-                          "global", "rib", "-a", "ipv4", "-j"], capture_output=True, text=True)
-    rib = json.loads(out.stdout or "{}")
-    local = [prefix for prefix, paths in rib.items()
-             if any(path.get("neighbor-ip", "<nil>") == "<nil>" for path in paths)]
-    return sorted(local, key=lambda p: ipaddress.ip_network(p))
+    local = []
+    for family in ("ipv4", "ipv6"):
+        out = subprocess.run([*enter(lab.state.node_ns(host)), "gobgp", "-u", address, "-p", port,
+                              "global", "rib", "-a", family, "-j"], capture_output=True, text=True)
+        rib = json.loads(out.stdout or "{}")
+        local += [prefix for prefix, paths in rib.items()
+                  if any(path.get("neighbor-ip", "<nil>") == "<nil>" for path in paths)]
+    return sorted(local, key=lambda p: (ipaddress.ip_network(p).version, ipaddress.ip_network(p)))
 
 
 def ping(lab: EmbeddedLab, source: str, target: str) -> Ping:
@@ -80,8 +89,10 @@ def neighbor_of(lab: EmbeddedLab, router: str) -> dict[str, str]:
         for here, there in ((link.a, link.b), (link.b, link.a)):
             if here[0] != router:
                 continue
-            out = ip("-j", "-4", "addr", "show", "dev", there[1], netns=lab.state.node_ns(there[0]), check=False)
+            out = ip("-j", "addr", "show", "dev", there[1], "scope", "global", netns=lab.state.node_ns(there[0]),
+                     check=False)
             for iface in json.loads(out.stdout or "[]"):
                 for info in iface.get("addr_info", []):
-                    names[info["local"]] = there[0]
+                    if "local" in info:
+                        names[info["local"]] = there[0]
     return names

@@ -109,10 +109,14 @@ def test_every_router_honours_graceful_shutdown_on_every_ebgp_session(path: Path
     assert "permit graceful-shutdown" in text and " set local-preference 0" in text
 
 
-def _addresses(node: Node) -> dict[str, str]:
-    """interface -> the address the node's exec lines give it (in its own namespace)."""
-    found = (stdlib_re.fullmatch(r"ip addr add (\S+)/\d+ dev (\S+)", line) for line in node.exec)
-    return {m.group(2): m.group(1) for m in found if m}
+def _addresses(node: Node) -> dict[str, list[str]]:
+    """interface -> the addresses (IPv4 first) the node's exec lines give it (in its own namespace)."""
+    found = (stdlib_re.fullmatch(r"ip (?:-6 )?addr add (\S+)/\d+ dev (\S+)(?: nodad)?", line) for line in node.exec)
+    addresses: dict[str, list[str]] = {}
+    for m in found:
+        if m:
+            addresses.setdefault(m.group(2), []).append(m.group(1))
+    return {name: sorted(found, key=lambda a: ":" in a) for name, found in addresses.items()}
 
 
 @pytest.mark.parametrize("path", TOPOLOGIES, ids=lambda p: p.name)
@@ -125,13 +129,15 @@ def test_every_host_and_its_router_agree_on_the_bgp_session(path: Path) -> None:
         (router_name, router_if), (_, host_if) = (link.b, link.a) if link.a[0] == host.name else (link.a, link.b)
         router = topology.nodes[router_name]
         gobgpd = tomllib.loads(host.binds[GOBGPD_CONF].read_text())
-        (neighbor,) = gobgpd["neighbors"]
         frr = router.binds[FRR_CONF].read_text()
         router_as = int(stdlib_re.search(r"^router bgp (\d+)", frr, stdlib_re.M).group(1))  # type: ignore[union-attr]
-        assert neighbor["config"]["neighbor-address"] == _addresses(router)[router_if], host.name
-        assert neighbor["config"]["peer-as"] == router_as, host.name
-        host_address, host_as = _addresses(host)[host_if], gobgpd["global"]["config"]["as"]
-        assert f" neighbor {host_address} remote-as {host_as}\n" in frr, (host.name, router_name)
+        assert gobgpd["neighbors"], host.name
+        for neighbor in gobgpd["neighbors"]:  # one session per family the link carries
+            assert neighbor["config"]["neighbor-address"] in _addresses(router)[router_if], host.name
+            assert neighbor["config"]["peer-as"] == router_as, host.name
+        host_as = gobgpd["global"]["config"]["as"]
+        for host_address in _addresses(host)[host_if][:len(gobgpd["neighbors"])]:
+            assert f" neighbor {host_address} remote-as {host_as}\n" in frr, (host.name, router_name)
 
 
 def test_the_fabric_has_a_spine_two_leaves_four_hosts_and_an_anycast_service() -> None:

@@ -192,7 +192,8 @@ class VmTier:
         self.outdir = Path(tempfile.mkdtemp(prefix="ibgp-vm-"))
         results = self.outdir / "results.json"
         self._say(f"\nvm tier: running {len(self.nodeids)} test(s) in a VM; output in {self.outdir}")
-        argv = ["env", f"IBGP_VM_RESULTS={results}", sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+        knobs = [f"{k}={v}" for k, v in os.environ.items() if k == "IBGP_DOCKER_BULK"]  # tests/vm/test_docker_vm.py
+        argv = ["env", f"IBGP_VM_RESULTS={results}", *knobs, sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
         started = time.monotonic()
         try:
             rc = run_in_guest([*argv, "-v", *self.nodeids], self.outdir, float(os.environ.get("IBGP_VM_TIMEOUT", 1800)))

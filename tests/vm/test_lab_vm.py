@@ -16,13 +16,14 @@ from ipvlan_bgp_lab.containers import add_container, netlink_in
 from ipvlan_bgp_lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
 from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab, in_netns, state_dir
 from ipvlan_bgp_lab.fibwatch import FibWatch
-from ipvlan_bgp_lab.status import Container, containers, host_paths, neighbor_of, ping
+from ipvlan_bgp_lab.status import Container, containers, host_paths, host_prefix, neighbor_of, ping
 from ipvlan_bgp_lab.topology import load_topology
 
 pytestmark = pytest.mark.vm
 
 HOST_OF = {"192.0.2.1": "host1", "192.0.2.5": "host2"}
-NETWORKS = {"10.1.100.0/24": "host1", "10.2.100.0/24": "host2"}
+NETWORKS = {"10.1.100.0/24": "host1", "10.2.100.0/24": "host2", "2001:db8:100::/64": "host1",
+            "2001:db8:200::/64": "host2"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def lab() -> Iterator[EmbeddedLab]:
     lab.down()  # a previous run that died half-way
     lab.up(progress=lambda line: None)
     try:
-        wanted = {f"{c.address}/32" for c in containers(lab)} | set(NETWORKS)
+        wanted = {host_prefix(c.address) for c in containers(lab)} | set(NETWORKS)
         took = wait_for_routes(lab, "tor", wanted, timeout=240)
         print(f"lab converged {took:.1f} s after the agents started")
         yield lab
@@ -52,23 +53,26 @@ async def tor_fib(lab: EmbeddedLab) -> AsyncIterator[FibWatch]:
 def by_host(lab: EmbeddedLab) -> dict[str, set[str]]:
     result: dict[str, set[str]] = {}
     for c in containers(lab):
-        result.setdefault(c.host, set()).add(f"{c.address}/32")
+        result.setdefault(c.host, set()).add(host_prefix(c.address))
     return result
 
 
 async def test_every_container_routed_to_its_host_and_reachable(lab: EmbeddedLab, tor_fib: FibWatch) -> None:
     found = containers(lab)
-    assert {c.address for c in found} == {"10.1.100.11", "10.1.100.12", "10.3.0.11", "10.2.100.21", "10.3.0.21"}
+    assert {c.address for c in found} == {"10.1.100.11", "10.1.100.12", "10.3.0.11", "10.2.100.21", "10.3.0.21",
+                                          "2001:db8:100::11", "2001:db8:100::12", "2001:db8:300::11",
+                                          "2001:db8:200::21", "2001:db8:300::21"}
     names = neighbor_of(lab, "tor")
-    for c in found:  # includes 10.3.0.0/24, split across both hosts: each /32 to the right one
-        assert [names[g] for g in tor_fib.routes[f"{c.address}/32"]] == [c.host]
+    for c in found:  # includes 10.3.0.0/24 and 2001:db8:300::/64, split across both hosts: each to the right one
+        assert [names[g] for g in tor_fib.routes[host_prefix(c.address)]] == [c.host], c
     for network, host in NETWORKS.items():
         assert [names[g] for g in tor_fib.routes[network]] == [host]
     assert "10.3.0.0/24" not in tor_fib.routes  # host routes only for the shared network
+    assert "2001:db8:300::/64" not in tor_fib.routes
     for host, prefixes in by_host(lab).items():
         advertised = set(host_paths(lab, host))
         assert prefixes <= advertised and not (advertised - prefixes - set(NETWORKS))
-    for c in found:
+    for c in found:  # ping and ping6
         assert ping(lab, "client", c.address).ok, f"client cannot reach {c.address}"
 
 
@@ -127,7 +131,8 @@ async def test_creation_to_tor_fib_latency_over_50_containers(lab: EmbeddedLab, 
 
 async def test_gobgpd_restart_on_one_host_leaves_the_other_alone(lab: EmbeddedLab, tor_fib: FibWatch) -> None:
     hosts = by_host(lab)
-    host1_live, host2_live = hosts["host1"] | {"10.1.100.0/24"}, hosts["host2"] | {"10.2.100.0/24"}
+    host1_live = hosts["host1"] | {"10.1.100.0/24", "2001:db8:100::/64"}
+    host2_live = hosts["host2"] | {"10.2.100.0/24", "2001:db8:200::/64"}
     sessions_before = _neighbor(lab, "192.0.2.1")["connectionsEstablished"]
     mark = time.monotonic()
     lab.restart("host1/gobgpd")
@@ -189,7 +194,7 @@ async def _fresh_session(lab: EmbeddedLab, neighbor: str, timeout: float = 120.0
 
 async def test_agent_sigkill_and_restart_causes_no_withdrawal(lab: EmbeddedLab, tor_fib: FibWatch) -> None:
     hosts = by_host(lab)
-    live = hosts["host1"] | {"10.1.100.0/24"}
+    live = hosts["host1"] | {"10.1.100.0/24", "2001:db8:100::/64"}
     log = state_dir(lab.topology.name) / "host1" / "agent.log"
     in_sync_before = log.read_text().count("in sync with gobgpd")
     mark = time.monotonic()
