@@ -376,14 +376,14 @@ class Churn:
 async def rack() -> AsyncIterator[Any]:
     from ipvlan_bgp_lab.demo import DEFAULT_TOPOLOGY, wait_for_routes
     from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab
-    from ipvlan_bgp_lab.status import containers
+    from ipvlan_bgp_lab.status import containers, host_prefix
     from ipvlan_bgp_lab.topology import load_topology
 
     lab = EmbeddedLab(load_topology(DEFAULT_TOPOLOGY))
     lab.down()
     lab.up(progress=lambda line: None)
     try:
-        wait_for_routes(lab, "tor", {f"{c.address}/32" for c in containers(lab)}, timeout=300)
+        wait_for_routes(lab, "tor", {host_prefix(c.address) for c in containers(lab)}, timeout=300)
         batch = IpBatch(NETNS_DIR / "h1c3")
         batch.send(*(f"address add {a}/32 dev h1c3" for a in STABLE_EXTRA))
         batch.close()

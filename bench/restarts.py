@@ -64,7 +64,9 @@ async def run_config(hold_back: bool, sizes: list[int], names: list[str], unit: 
     lab.up(progress=lambda line: print(f"  {line}", flush=True))
     fib = await FibWatch(NETNS_DIR / lab.state.node_ns("tor")).start()
     try:
-        rack = {f"{c.address}/32" for c in containers(lab) if c.host == HOST} | {"10.1.100.0/24"}
+        # IPv4 only: the FIB view below is the routes via the host's IPv4 session (the rack is dual-stack)
+        rack = {f"{c.address}/32" for c in containers(lab) if c.host == HOST and ":" not in c.address} \
+            | {"10.1.100.0/24"}
         bulk: set[str] = set()
         created = 0
         for size in sorted(sizes):

@@ -37,7 +37,9 @@ def rack() -> Iterator[Rack]:
     lab.down()
     lab.up(progress=lambda line: None)
     try:
-        rack_routes = {f"{c.address}/32" for c in containers(lab) if c.host == HOST} | {"10.1.100.0/24"}
+        # IPv4: the routes via host1's IPv4 session (the rack is dual-stack; its /128s ride the IPv6 one)
+        rack_routes = {f"{c.address}/32" for c in containers(lab) if c.host == HOST and ":" not in c.address} \
+            | {"10.1.100.0/24"}
         bulk = add_bulk(lab, BULK)
         yield Rack(lab, rack_routes | bulk, bulk)
     finally:
