@@ -412,7 +412,6 @@ class Daemon:
         by_namespace, next_turn = self.pacer.pace(self.discovery.by_namespace(), now)
         if next_turn is not None:  # a busy namespace held back: its turn comes then
             self.wakeups.post_in(max(next_turn - now, 0.0) + 0.001, Reason.CHANGE)
-        endpoints = flatten(by_namespace)
         damped = self.damper.filter(by_namespace, now)
         if damped.next_release is not None:
             self.wakeups.post_in(max(damped.next_release - time.monotonic(), 0.0) + 0.001, Reason.RELEASE)
@@ -420,7 +419,6 @@ class Daemon:
             log.warning("holding down flapping endpoint %s", endpoint.label,
                         extra={"namespace": endpoint.netns, "interface": endpoint.ifname})
         self._held_down = damped.held
-        stats = self.discovery.stats()
         refused_before = self.reconciler.stats.refused
         started = time.perf_counter()
         plan: Plan | None = None
@@ -440,6 +438,9 @@ class Daemon:
             else:
                 log.exception("reconcile failed unexpectedly")
         duration = time.perf_counter() - started
+        # O(endpoints) and only for what the pass publishes: after the paths went out, not before
+        endpoints = flatten(by_namespace)
+        stats = self.discovery.stats()
         refused = self.reconciler.stats.refused
         self._publish_pass(endpoints, damped.held, stats, refused)
         return PassResult(
