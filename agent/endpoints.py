@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 
 from .netlink_types import IPInterface, Link, NamespaceView
 
@@ -47,6 +48,12 @@ class Endpoint:
     parent: str
     addresses: tuple[IPInterface, ...]
     ready: bool
+
+    @cached_property
+    def address_set(self) -> frozenset[IPInterface]:
+        # Built once per endpoint: a container may hold 50,000 addresses, and each of its changes is diffed
+        # against the previous endpoint's set, whose hashes are already stored.
+        return frozenset(self.addresses)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -109,8 +116,9 @@ def endpoint_of(netns: str, link: Link, view: NamespaceView, uplinks: Mapping[in
         return None
     if not _parent_is_ours(link, view, own) or link.parent_ifindex is None or link.parent_ifindex not in uplinks:
         return None
-    addresses = tuple(sorted(view.addresses.get(link.ifindex, ()), key=_address_order))
-    return Endpoint(
+    held = view.addresses.get(link.ifindex, set())
+    addresses = tuple(sorted(held, key=_address_order))
+    endpoint = Endpoint(
         netns=netns,
         ifname=link.ifname,
         ifindex=link.ifindex,
@@ -119,6 +127,8 @@ def endpoint_of(netns: str, link: Link, view: NamespaceView, uplinks: Mapping[in
         addresses=addresses,
         ready=link.up and bool(addresses),
     )
+    endpoint.__dict__["address_set"] = frozenset(held)  # copied with the set's stored hashes: no re-hashing
+    return endpoint
 
 
 def endpoints_in(netns: str, view: NamespaceView, uplinks: Mapping[int, str], own: bool) -> list[Endpoint]:

@@ -20,7 +20,7 @@ from .gobgp import BgpSpeaker
 from .ipam import with_docker
 from .logs import source_fields
 from .model import Attributes, IPAddress, IPNetwork, Route
-from .routes import Desired, DesiredIndex, Plan, Refusal, desired_routes, plan, plan_changes
+from .routes import Desired, DesiredIndex, Plan, Refusal, desired_routes, plan, plan_changes, plan_quota_changes
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Reconciler:
         # gobgpd holds exactly the index's routes as of the last pass, so the next plan may look at the
         # prefixes that changed since and nothing else.
         self._exact = False
+        self._over_quota: dict[str, frozenset[IPNetwork]] = {}  # namespace -> host routes its quota refused
         # Graceful drain (agent/drain.py), set by the owner: every path with GRACEFUL_SHUTDOWN; withdrawn: none.
         self.drained = False
         self.withdrawn = False
@@ -169,23 +170,29 @@ class Reconciler:
             touched = index.update(by_namespace)
             # With Docker's labels or refusals in play the routes are the index's, amended: planned whole.
             docker = bool(self.extras or self.docker_refused)
-            by_changes = self._exact and index.within_caps and not self.withdrawn and not docker
+            fits = index.within_caps or index.within_cap
+            by_changes = self._exact and fits and not self.withdrawn and not docker
             desired = with_docker(index.view(), self.extras, self.docker_refused) if docker else index.view()
             if self.frozen:  # Docker has not answered yet: hold what gobgpd has
                 p = Plan(keep=tuple(self.actual.values()))
-            elif by_changes:
+            elif by_changes and index.within_caps and not self._over_quota:
                 p = plan_changes(index.routes, self.actual, touched)
+                self.stats.planned_by_changes += 1
+            elif by_changes and index.within_cap:
+                held = self.advertised.union(self.actual)
+                p, self._over_quota = plan_quota_changes(index, self.actual, touched, held, self._over_quota)
                 self.stats.planned_by_changes += 1
             else:
                 wanted: Mapping[IPNetwork, Route] = {} if self.withdrawn else desired.routes
                 p = plan(wanted, self.actual, self.config.max_prefixes, self.config.namespace_quota,
                          index.owners, self.advertised)
+                self._over_quota = _by_owner(p.over_quota, index.owners)
             self.desired = desired
-            self._report_refusals(index, p)
+            self._report_refusals(index, p, frozenset().union(*self._over_quota.values()))
             await self._apply(p, self.actual, desired)
             if not by_changes:
                 self.advertised = set(self.actual)
-            self._exact = index.within_caps and not self.withdrawn and not docker and not self.frozen
+            self._exact = fits and not self.withdrawn and not docker and not self.frozen
         except BaseException:
             self.stats.failures += 1
             self.invalidate()
@@ -241,7 +248,7 @@ class Reconciler:
                 self.advertised.add(route.prefix)
             _log_routes("advertised", p.add, desired)
 
-    def _report_refusals(self, index: DesiredIndex, p: Plan) -> None:
+    def _report_refusals(self, index: DesiredIndex, p: Plan, over_quota: frozenset[IPNetwork]) -> None:
         """One log line per prefix and episode of refusal, with the reason."""
         why = {
             Refusal.OUTSIDE: "outside every configured network",
@@ -256,17 +263,25 @@ class Reconciler:
                                                     for reason in why}
         for prefix, (reason, _) in self.docker_refused.items():
             now[reason] = now[reason] | {prefix}
-        now[Refusal.QUOTA] = frozenset(r.prefix for r in p.over_quota)
+        now[Refusal.QUOTA] = over_quota
         now[Refusal.CAP] = frozenset(r.prefix for r in p.over_cap)
         for reason, prefixes in now.items():
-            for prefix in sorted(prefixes - self.stats.refused.get(reason, frozenset()),
-                                 key=lambda n: (n.version, n)):
+            new = prefixes - self.stats.refused.get(reason, frozenset())
+            if not new:
+                continue
+            text = why.get(reason) or (f"max_prefixes_per_namespace ({self.config.namespace_quota}) reached"
+                                       if reason == Refusal.QUOTA else
+                                       f"max_prefixes ({self.config.max_prefixes}) reached")
+            level = logging.WARNING if reason in why else logging.ERROR
+            if len(new) > LOG_EACH_UP_TO:  # a flood (a container adding 50,000 addresses) is one line
+                log.log(level, "refused %d prefix(es): %s (each at debug level; `ipvlan-bgp routes` lists them)",
+                        len(new), text, extra={"count": len(new), "reason": reason.value})
+                level = logging.DEBUG
+                if not log.isEnabledFor(level):
+                    continue
+            for prefix in sorted(new, key=lambda n: (n.version, n)):
                 sources = (self.docker_refused.get(prefix) or index.refused.get(prefix)
                            or (reason, index.sources.get(prefix, ())))[1]
-                text = why.get(reason) or (f"max_prefixes_per_namespace ({self.config.namespace_quota}) reached"
-                                           if reason == Refusal.QUOTA else
-                                           f"max_prefixes ({self.config.max_prefixes}) reached")
-                level = logging.WARNING if reason in why else logging.ERROR
                 log.log(level, "refused %s%s: %s", prefix, f" from {', '.join(sources)}" if sources else "", text,
                         extra={"prefix": str(prefix), "reason": reason.value, **source_fields(sources)})
         self.stats.refused = now
@@ -280,3 +295,10 @@ class Reconciler:
         await self.client.delete_paths(owned)
         self.invalidate()
         return len(owned)
+
+
+def _by_owner(routes: Iterable[Route], owners: Mapping[IPNetwork, str]) -> dict[str, frozenset[IPNetwork]]:
+    grouped: dict[str, set[IPNetwork]] = {}
+    for route in routes:
+        grouped.setdefault(owners.get(route.prefix, ""), set()).add(route.prefix)
+    return {namespace: frozenset(found) for namespace, found in grouped.items()}

@@ -8,8 +8,8 @@ address claimed from two namespaces, unless its network is ``anycast``) and the 
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -95,8 +95,13 @@ class DesiredIndex:
         self.refused: dict[IPNetwork, tuple[Refusal, tuple[str, ...]]] = {}
         self.refused_by_reason: dict[Refusal, set[IPNetwork]] = {reason: set() for reason in Refusal}
         self.owners: dict[IPNetwork, str] = {}
-        self.host_routes_of: dict[str, int] = {}  # namespace -> host routes it owns
+        self.owned: dict[str, set[IPNetwork]] = {}  # namespace -> the host routes it owns
+        self.recounted: set[str] = set()  # namespaces whose host routes changed in the last update
         self.namespaces_over_quota = 0  # namespaces owning more host routes than max_prefixes_per_namespace
+        self._within_quota = 0  # the sum over namespaces of min(host routes, max_prefixes_per_namespace)
+        # A network as narrow as one address makes a host-length route without an owner (its aggregate),
+        # which ``allocate`` puts under the quota of namespace "": then only whole-table plans are exact.
+        self._host_length_network = any(n.prefix.prefixlen == n.prefix.max_prefixlen for n in config.networks)
         for network in config.networks:
             self._settle_aggregate(network.prefix)
         self._touched.clear()
@@ -124,6 +129,7 @@ class DesiredIndex:
                     self._hold(endpoint, +1)
             self._seen[netns] = (endpoints, new)
         touched, self._touched = self._touched, set()
+        self.recounted = set()
         networks = set()
         for prefix in touched:
             network = self._settle_host(prefix)
@@ -148,9 +154,9 @@ class DesiredIndex:
     def _rehold(self, before: Endpoint, after: Endpoint) -> None:
         """The same link, changed: only the addresses that came or went, when that is all that changed."""
         if before.ready and after.ready and before.label == after.label:
-            was, now = Counter(before.addresses), Counter(after.addresses)
-            self._hold(before, -1, (was - now).elements())
-            self._hold(after, +1, (now - was).elements())
+            was, now = before.address_set, after.address_set
+            self._hold(before, -1, was - now)
+            self._hold(after, +1, now - was)
         else:
             self._hold(before, -1)
             self._hold(after, +1)
@@ -158,7 +164,7 @@ class DesiredIndex:
     def _hold(self, endpoint: Endpoint, delta: int, addresses: Iterable[IPInterface] | None = None) -> None:
         if not endpoint.ready:
             return
-        for address in endpoint.addresses if addresses is None else addresses:
+        for address in endpoint.address_set if addresses is None else addresses:
             prefix = _host_prefix(address)
             by_namespace = self._holders.setdefault(prefix, {})
             labels = by_namespace.setdefault(endpoint.netns, [])
@@ -187,7 +193,7 @@ class DesiredIndex:
             self.refused_by_reason[refusal[0]].discard(prefix)
         owner = self.owners.pop(prefix, None)
         if owner is not None:
-            self._count_host_route(owner, -1)
+            self._set_owner(owner, prefix, -1)
             del self.routes[prefix]
             del self.sources[prefix]
         network = self._accepted.pop(prefix, None)
@@ -221,7 +227,7 @@ class DesiredIndex:
             self.routes[prefix] = Route(prefix, self._next_hop[prefix.version], self._attributes[network_prefix])
             self.sources[prefix] = labels
             self.owners[prefix] = owner
-            self._count_host_route(owner, +1)
+            self._set_owner(owner, prefix, +1)
         if self._used[network_prefix] == 1 or prefix in self._networks:
             return network_prefix
         return changed_network
@@ -245,21 +251,40 @@ class DesiredIndex:
             self.routes.pop(prefix, None)
             self.sources.pop(prefix, None)
 
-    def _count_host_route(self, namespace: str, delta: int) -> None:
-        before = self.host_routes_of.get(namespace, 0)
-        after = before + delta
-        if after:
-            self.host_routes_of[namespace] = after
+    def _set_owner(self, namespace: str, prefix: IPNetwork, delta: int) -> None:
+        owned = self.owned.setdefault(namespace, set())
+        before = len(owned)
+        if delta > 0:
+            owned.add(prefix)
         else:
-            del self.host_routes_of[namespace]
+            owned.discard(prefix)
+            if not owned:
+                del self.owned[namespace]
+        after = before + delta
+        self.recounted.add(namespace)
         quota = self.config.namespace_quota
-        if quota is not None and (before > quota) != (after > quota):
+        if quota is None:
+            self._within_quota += delta
+            return
+        self._within_quota += min(after, quota) - min(before, quota)
+        if (before > quota) != (after > quota):
             self.namespaces_over_quota += 1 if after > quota else -1
 
     @property
     def within_caps(self) -> bool:
         """No cap binds: every desired route is advertised (``plan_changes`` may then be used)."""
         return len(self.routes) <= self.config.max_prefixes and not self.namespaces_over_quota
+
+    @property
+    def within_cap(self) -> bool:
+        """The global cap does not bind, whatever the per-namespace quota does: ``allocate`` then gives every
+        namespace its host routes cut at its quota (``plan_quota_changes`` may be used)."""
+        aggregates = len(self.routes) - len(self.owners)
+        return not self._host_length_network and aggregates + self._within_quota <= self.config.max_prefixes
+
+    def over_quota(self, namespace: str) -> bool:
+        quota = self.config.namespace_quota
+        return quota is not None and len(self.owned.get(namespace, ())) > quota
 
 
 def group_by_namespace(endpoints: Iterable[Endpoint]) -> dict[str, tuple[Endpoint, ...]]:
@@ -398,3 +423,79 @@ def plan_changes(desired: Mapping[IPNetwork, Route], actual: Mapping[IPNetwork, 
         elif route is None and held is not None:
             withdraw.append(held)
     return Plan(add=tuple(_ordered(add)), withdraw=tuple(_ordered(withdraw)))
+
+
+def _quota_cut(index: DesiredIndex, owned: Collection[IPNetwork], held: Collection[IPNetwork], quota: int
+               ) -> set[IPNetwork]:
+    """What ``allocate`` keeps of one namespace's host routes: those held first, then by prefix order."""
+    def key(prefix: IPNetwork) -> tuple[bool, tuple[int, int, int]]:
+        return (prefix not in held, index.routes[prefix].sort_key)
+    return set(heapq.nsmallest(quota, owned, key=key))
+
+
+def plan_quota_changes(index: DesiredIndex, actual: Mapping[IPNetwork, Route], touched: Iterable[IPNetwork],
+                       held: Collection[IPNetwork], refused_before: Mapping[str, frozenset[IPNetwork]]
+                       ) -> tuple[Plan, dict[str, frozenset[IPNetwork]]]:
+    """``plan`` restricted to what changed, for when the global cap does not bind (``index.within_cap``) and
+    gobgpd held exactly the allocation before the change (``held``), while namespaces may be over their quota.
+
+    ``refused_before``: the host routes each namespace had refused by its quota. A namespace within its quota
+    now and before is planned by its touched prefixes, as ``plan_changes`` does. One over its quota keeps
+    what it holds, its new routes join its refused ones, and a free place (a held route gone) goes to the
+    first refused one by prefix order, as ``allocate`` decides: a pass costs what changed, not the size of a
+    namespace flooding addresses. Returns the plan (``over_quota`` left empty: the refusals are the second
+    value, by namespace, for the next call)."""
+    quota = index.config.namespace_quota
+    touched = set(touched)
+    changed: dict[str, list[IPNetwork]] = {namespace: [] for namespace in index.recounted}
+    for prefix in touched:
+        owner = index.owners.get(prefix)
+        if owner is not None:
+            changed.setdefault(owner, []).append(prefix)
+    hot = {namespace for namespace in changed if namespace in refused_before or index.over_quota(namespace)}
+    refused = {namespace: found for namespace, found in refused_before.items() if namespace not in hot}
+    add: list[Route] = []
+    withdraw: list[Route] = []
+    for prefix in touched:
+        if index.owners.get(prefix) in hot:
+            continue
+        route, holding = index.routes.get(prefix), actual.get(prefix)
+        if route is not None and holding != route:
+            add.append(route)
+        elif route is None and holding is not None:
+            withdraw.append(holding)
+    for namespace in hot:
+        owned = index.owned.get(namespace, set())
+        before = refused_before.get(namespace, frozenset())
+        if quota is None or len(owned) <= quota:
+            chosen: Collection[IPNetwork] = owned
+        elif not before or not before.isdisjoint(held):
+            chosen = _quota_cut(index, owned, held, quota)  # newly over its quota: the whole namespace, once
+        else:
+            mine = changed[namespace]
+            newly = {p for p in mine if p not in before and p not in held}
+            still = {p for p in before if index.owners.get(p) == namespace} if touched & before else before
+            waiting = still | newly
+            room = quota - (len(owned) - len(waiting))
+            if room < 0:  # a held route moved in from another namespace: decide the namespace again
+                chosen = _quota_cut(index, owned, held, quota)
+            else:
+                taken = set(heapq.nsmallest(room, waiting, key=lambda p: index.routes[p].sort_key))
+                for prefix in (*taken, *(p for p in mine if p not in waiting)):
+                    if actual.get(prefix) != index.routes[prefix]:
+                        add.append(index.routes[prefix])
+                if waiting - taken:
+                    refused[namespace] = frozenset(waiting - taken)
+                continue
+        over: set[IPNetwork] = set()
+        for prefix in owned:
+            route, holding = index.routes[prefix], actual.get(prefix)
+            if prefix not in chosen:
+                over.add(prefix)
+                if holding is not None:
+                    withdraw.append(holding)
+            elif holding != route:
+                add.append(route)
+        if over:
+            refused[namespace] = frozenset(over)
+    return Plan(add=tuple(_ordered(add)), withdraw=tuple(_ordered(withdraw))), refused

@@ -24,7 +24,7 @@ OWNER = LargeCommunity(65001, 4242, 1)
 HOST = ipaddress.ip_address("10.1.0.250")
 
 
-def config(**extra: Any) -> AgentConfig:
+def config(narrow_network: bool = True, **extra: Any) -> AgentConfig:
     data: dict[str, Any] = {
         "uplinks": ["eth0"], "ownership_community": str(OWNER),
         "networks": [{"prefix": "10.1.0.0/24", "advertise": "both", "exclude": ["10.1.0.128/30"]},
@@ -34,6 +34,8 @@ def config(**extra: Any) -> AgentConfig:
                      {"prefix": "10.5.0.7/32", "advertise": "both"},
                      {"prefix": "10.6.0.0/24", "advertise": "both", "anycast": True, "exclude": ["10.6.0.128/30"]},
                      {"prefix": "10.7.0.0/24", "advertise": "host", "anycast": True}]}
+    if not narrow_network:  # no /32 network: plans under a binding quota go by changes too
+        data["networks"] = [n for n in data["networks"] if n["prefix"] != "10.5.0.7/32"]
     data.update(extra)
     return parse_config(data)
 
@@ -129,11 +131,13 @@ def test_the_index_agrees_with_the_whole_table_derivation_after_every_update(seq
 
 @settings(max_examples=150, deadline=None)
 @given(sequence=sequences, quota=st.sampled_from([None, 1, 3]), cap=st.sampled_from([1000, 6]),
-       drains=st.lists(st.sampled_from(["no", "drained", "withdrawn"]), min_size=1, max_size=25))
+       drains=st.lists(st.sampled_from(["no", "drained", "withdrawn"]), min_size=1, max_size=25),
+       narrow_network=st.booleans())
 async def test_plans_by_changes_leave_gobgpd_as_a_whole_table_plan_would(sequence: list[list[Any]],
                                                                         quota: int | None, cap: int,
-                                                                        drains: list[str]) -> None:
-    cfg = config(max_prefixes=cap, max_prefixes_per_namespace=quota or 1000)
+                                                                        drains: list[str],
+                                                                        narrow_network: bool) -> None:
+    cfg = config(narrow_network, max_prefixes=cap, max_prefixes_per_namespace=quota or 1000)
     fake = FakeGobgp(OWNER)
     reconciler = Reconciler(fake, cfg)
     reconciler.host_addresses = frozenset({HOST})
@@ -141,12 +145,19 @@ async def test_plans_by_changes_leave_gobgpd_as_a_whole_table_plan_would(sequenc
     for i, batch in enumerate(sequence):
         drain = drains[i % len(drains)]  # drained, withdrawn or undrained between the changes
         reconciler.drained, reconciler.withdrawn = drain != "no", drain == "withdrawn"
-        await reconciler.reconcile(apply_events(present, batch))
+        held_before = {prefix: route for prefix, route in fake.rib.items() if route.owned_by(OWNER)}
+        advertised_before = set(reconciler.advertised)
+        by_namespace = apply_events(present, batch)
         desired = whole_table_desired(present.values(), cfg, {HOST}, reconciler.drained)
+        # what a whole-table plan from the same state would have chosen (held routes first, then by prefix)
+        expected = plan(desired.routes, held_before, cap, cfg.namespace_quota, desired.owners, advertised_before)
+        await reconciler.reconcile(by_namespace)
         if reconciler.withdrawn:
             assert not fake.owned()
             continue
         held = {prefix: route for prefix, route in fake.rib.items() if route.owned_by(OWNER)}
+        assert held == {route.prefix: route for route in (*expected.keep, *expected.add)}
+        assert reconciler.stats.refused[Refusal.QUOTA] == {route.prefix for route in expected.over_quota}
         assert plan(desired.routes, held, cap, cfg.namespace_quota, desired.owners, reconciler.advertised).empty
 
 
@@ -158,3 +169,32 @@ async def test_after_the_first_pass_a_change_is_planned_from_the_changed_prefixe
     p = await reconciler.reconcile(apply_events(present, [("/run/netns/b", 2, True, ["10.3.0.1/24"])]))
     assert [str(r.prefix) for r in p.add] == ["10.3.0.1/32"] and not p.withdraw
     assert reconciler.stats.planned_by_changes == 1
+
+
+async def test_under_a_binding_quota_a_change_is_planned_from_the_changed_namespace_alone() -> None:
+    fake = FakeGobgp(OWNER)
+    reconciler = Reconciler(fake, config(False, max_prefixes_per_namespace=2))
+    present: dict[tuple[str, int], Endpoint] = {}
+    flood = ["10.3.0.1/24", "10.3.0.2/24", "10.3.0.4/24", "10.3.0.3/24"]
+
+    async def step(*batch: Any) -> tuple[list[str], list[str], list[str]]:
+        p = await reconciler.reconcile(apply_events(present, list(batch)))
+        return ([str(r.prefix) for r in p.add], [str(r.prefix) for r in p.withdraw],
+                sorted(str(prefix) for prefix in reconciler.stats.refused[Refusal.QUOTA]))
+
+    await step(("/run/netns/a", 2, True, flood[:2]))
+    # the namespace goes over its quota: the new addresses are refused, the ones it held stay
+    assert await step(("/run/netns/a", 2, True, flood)) == ([], [], ["10.3.0.3/32", "10.3.0.4/32"])
+    # another namespace changes: only its prefix is planned, the refusals stay
+    assert await step(("/run/netns/b", 2, True, ["10.3.0.9/24"])) == (
+        ["10.3.0.9/32"], [], ["10.3.0.3/32", "10.3.0.4/32"])
+    # one it held goes: the first refused one by prefix order takes its place, as a whole-table plan does
+    assert await step(("/run/netns/a", 2, True, flood[1:])) == (["10.3.0.3/32"], ["10.3.0.1/32"], ["10.3.0.4/32"])
+    # back within its quota: nothing refused
+    assert await step(("/run/netns/a", 2, True, flood[2:])) == (["10.3.0.4/32"], ["10.3.0.2/32"], [])
+    assert await step(("/run/netns/a", 2, True, [*flood[2:], "10.3.0.5/24"])) == ([], [], ["10.3.0.5/32"])
+    # an advertised address moves in from another namespace: held first, then by prefix order, so it is cut
+    assert await step(("/run/netns/b", 2, True, []), ("/run/netns/a", 2, True, [*flood[2:], "10.3.0.5/24",
+                                                                               "10.3.0.9/24"])) == (
+        [], ["10.3.0.9/32"], ["10.3.0.5/32", "10.3.0.9/32"])
+    assert reconciler.stats.planned_by_changes == 6
