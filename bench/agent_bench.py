@@ -368,6 +368,27 @@ def _top(profiler: cProfile.Profile, n: int = 25) -> list[str]:
     return [line for line in out.getvalue().splitlines() if line.strip()][-n:]
 
 
+class PySpy:
+    """py-spy sampling one process for a while, in the background (``--profile``)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], raw: Path) -> None:
+        self.process, self.raw = process, raw
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the recording to end; the leaf functions by share of samples."""
+        self.process.wait()
+        return {"py_spy_top_leaves": _py_spy_top(self.raw)} if self.raw.exists() else {}
+
+
+def start_py_spy(pid: int, seconds: float, raw: Path, rate: int = 100) -> PySpy | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return None
+    return PySpy(subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", str(rate), "-o",
+                                   str(raw), "-d", str(max(1, int(seconds))), "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw)
+
+
 def _py_spy_top(raw: Path, n: int = 15) -> list[str]:
     """Leaf functions by share of samples, from py-spy's collapsed ("raw") output."""
     leaves: dict[str, int] = {}
@@ -522,7 +543,8 @@ async def watch_caught_up(watch: RibWatch, wanted: set[str], timeout: float = 12
     return None
 
 
-async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 2000) -> dict[str, Any]:
+async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 2000,
+                      profile: bool = False) -> dict[str, Any]:
     async with testbed("churn") as (gobgpd, _host, uplink, netns_dir), \
             GobgpClient(gobgpd.target, OWNER) as client:
         await client.connect()
@@ -539,9 +561,12 @@ async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 200
             agent_cpu, window = _cpu_seconds(agent.pid), time.monotonic()
             stop_probe = asyncio.Event()
             probe = asyncio.create_task(probe_watch(gobgpd.target, watch, stop_probe))
+            # sampling costs the agent a little CPU: its figure of a profiled run is not the one to quote
+            spy = start_py_spy(agent.pid, seconds, netns_dir.parent / "churn-py-spy.txt") if profile else None
             achieved = await churn.run(rate, seconds, watch)
             stop_probe.set()
             probes = await probe
+            profiled = await asyncio.to_thread(spy.result) if spy else {}
             wanted = {f"{a}/32" for a in churn.present} | {f"10.2.{i}.1/32" for i in range(endpoints)}
             held, settle = await exact_state(client, wanted)
             agent_cpu, window = _cpu_seconds(agent.pid) - agent_cpu, time.monotonic() - window
@@ -552,7 +577,7 @@ async def bench_churn(rate: int, seconds: float, endpoints: int, pool: int = 200
             "settle_after_end_s": settle, "agent_cpu_percent_of_a_core": 100 * agent_cpu / window,
             "watch_caught_up_after_exact_s": caught_up,
             "observation_lag": summary(probes) if probes else None,
-            **churn.account(watch),
+            **churn.account(watch), **profiled,
             "note": "even changes add a fresh /32 (never reused), odd ones delete the oldest present (a pool of "
                     f"{pool} written before the agent started, then the churn's own adds); an add deleted again "
                     "before the agent advertised it counts as never advertised; observation_lag: once a second "
@@ -607,12 +632,9 @@ async def bench_idle(endpoints: int, seconds: float, full_reconcile: float, prof
             await asyncio.sleep(seconds)  # the measurement window itself
             used = _cpu_seconds(proc.pid) - before
             profiled: dict[str, Any] = {}
-            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            if profile and Path(spy).exists():  # a second window, so sampling cannot inflate the figure above
-                raw = netns_dir.parent / "idle-py-spy.txt"
-                subprocess.run([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", "-o", str(raw),
-                                "-d", str(int(seconds)), "-p", str(proc.pid)], check=False, capture_output=True)
-                profiled = {"py_spy_top_leaves": _py_spy_top(raw)} if raw.exists() else {}
+            if profile:  # a second window, so sampling cannot inflate the figure above
+                spy = start_py_spy(proc.pid, seconds, netns_dir.parent / "idle-py-spy.txt", rate=200)
+                profiled = spy.result() if spy else {}
     return {"endpoints": endpoints, "seconds": seconds, "cpu_seconds": used, "cpu_percent": 100 * used / seconds,
             "full_reconcile_s": full_reconcile, "rib_check_s": 30.0,
             "note": f"timers.full_reconcile set to {full_reconcile:g} s (default 300 s) so that the window holds "
@@ -769,7 +791,7 @@ async def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         by_size = {str(size): await bench_scale(size, args.profile) for size in sorted(args.scale)}
         return {**by_size[str(max(args.scale))], "by_size": by_size}
     if name == "churn":
-        return await bench_churn(args.churn_rate, args.churn_seconds, 100, args.churn_pool)
+        return await bench_churn(args.churn_rate, args.churn_seconds, 100, args.churn_pool, args.profile)
     if name == "noisy":
         return await bench_noisy(args.churn_rate, args.noisy_seconds, args.events, pool=args.churn_pool)
     assert name == "idle", name
@@ -794,7 +816,8 @@ def main() -> int:
     parser.add_argument("--idle-full-reconcile", type=float, default=300.0,
                         help="timers.full_reconcile of the idle agent; keep it below --idle-seconds")
     parser.add_argument("--profile", action="store_true",
-                        help="cProfile the scale start (that figure is then inflated); py-spy the idle agent")
+                        help="cProfile the scale start (that figure is then inflated); py-spy the agent through the "
+                             "churn (its CPU figure then inflated) and through a second idle window")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--here", action="store_true", help="run on this kernel (it must have ipvlan)")
     args = parser.parse_args()
