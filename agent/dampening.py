@@ -23,7 +23,7 @@ Key = tuple[str, int]  # Endpoint.key: (namespace, ifindex)
 Signature = bool | None  # ready or not; None: the endpoint is absent
 
 
-@dataclass
+@dataclass(slots=True)
 class _History:
     signature: Signature
     changes: list[float] = field(default_factory=list)  # times of changes within the window

@@ -13,7 +13,6 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import cached_property
 
 from .netlink_types import IPInterface, Link, NamespaceView
 
@@ -39,6 +38,9 @@ class IpvlanMode(IntEnum):
     L3S = 2
 
 
+KEEP_ADDRESS_SET_ABOVE = 64
+
+
 @dataclass(frozen=True)
 class Endpoint:
     netns: str  # the namespace file it was found through; OWN_NAMESPACE for the agent's own
@@ -49,11 +51,16 @@ class Endpoint:
     addresses: tuple[IPInterface, ...]
     ready: bool
 
-    @cached_property
+    @property
     def address_set(self) -> frozenset[IPInterface]:
-        # Built once per endpoint: a container may hold 50,000 addresses, and each of its changes is diffed
-        # against the previous endpoint's set, whose hashes are already stored.
-        return frozenset(self.addresses)
+        # A container may hold 50,000 addresses, and each of its changes is diffed against the previous
+        # endpoint's set: a large one is kept, with its hashes (a small one costs more kept than rebuilt).
+        found: frozenset[IPInterface] | None = self.__dict__.get("_address_set")
+        if found is None:
+            found = frozenset(self.addresses)
+            if len(found) > KEEP_ADDRESS_SET_ABOVE:
+                self.__dict__["_address_set"] = found
+        return found
 
     @property
     def key(self) -> tuple[str, int]:
@@ -127,7 +134,8 @@ def endpoint_of(netns: str, link: Link, view: NamespaceView, uplinks: Mapping[in
         addresses=addresses,
         ready=link.up and bool(addresses),
     )
-    endpoint.__dict__["address_set"] = frozenset(held)  # copied with the set's stored hashes: no re-hashing
+    if len(held) > KEEP_ADDRESS_SET_ABOVE:  # copied with the view's stored hashes: no re-hashing
+        endpoint.__dict__["_address_set"] = frozenset(held)
     return endpoint
 
 
