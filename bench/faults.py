@@ -89,7 +89,8 @@ HEADLINES = {
     "burst": ("missing", "stale", "converged_after_s", "netlink_resyncs"),
     "netns-cycle": ("start", "end", "rss_growth_after_first_cycle_mib"),
     "hostile": ("leaked", "attacker_prefixes_in_gobgpd", "victims_missing", "victim_withdrawals_during_attack",
-                "victim_p99_ms_without_attack", "victim_p99_ms_under_attack", "agent_alive"),
+                "victim_p99_ms_without_attack", "victim_p99_ms_under_attack", "agent_alive", "flood_applied_s",
+                "agent_cpu_s"),
     "parser-fuzz": ("inputs", "defined_parse_errors", "other_exceptions"),
     "config-fuzz": ("files", "exit_0", "exit_2", "tracebacks_or_other_exits", "slowest_validate_ms"),
 }
@@ -1025,12 +1026,16 @@ def render(result: dict[str, Any], json_name: str) -> str:
         "| case | pass condition | result | sizes | key figures |",
         "|---|---|---|---|---|",
     ]
+    def ran_on(name: str) -> str:  # the last run that holds the case (a JSON may gather several runs)
+        commits = [run.get("commit", "?") for run in result.get("runs", []) if name in run.get("cases", ())]
+        return f", on `{commits[-1][:7]}`" if commits else ""
+
     for name in DOC_ORDER:
         if name not in cases:
             lines.append(f"| {name} | {CONDITIONS[name]} | not run | | |")
             continue
         case = cases[name]
-        verdict = f"**{'PASS' if case.get('passed') else 'FAIL'}** ({case.get('seconds', 0):.0f} s)"
+        verdict = f"**{'PASS' if case.get('passed') else 'FAIL'}** ({case.get('seconds', 0):.0f} s{ran_on(name)})"
         figures = case.get("figures", {})
         key_text = "; ".join(f"{k} {_fmt(figures[k])}" for k in HEADLINES[name] if k in figures)
         if "error" in case:
@@ -1152,7 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_cases(host_names, args, json_path))
     result = json.loads(json_path.read_text())
     result.setdefault("kernel", platform.release())
-    places = [p for p in (result.get("where"), where) if p]
+    places = [p for p in (*str(result.get("where") or "").split("; "), where) if p]
     result.update({"where": "; ".join(dict.fromkeys(places)),
                    "seconds": result.get("seconds", 0.0) + time.monotonic() - started})
     json_path.write_text(json.dumps(result, indent=2) + "\n")
