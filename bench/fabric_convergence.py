@@ -86,7 +86,8 @@ def summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
 def spread(s: dict[str, Any] | None) -> str:
     if not s:
         return "kept"
-    return f"{s['median']:.1f} s / {s['worst']:.1f} s"
+    digits = 2 if s["worst"] < 10 else 1
+    return f"{s['median']:.{digits}f} s / {s['worst']:.{digits}f} s"
 
 
 def case_rows(record: dict[str, Any]) -> list[str]:

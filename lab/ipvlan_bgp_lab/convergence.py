@@ -39,7 +39,6 @@ from .topology import Topology, load_topology, without_containers
 HOST, LEAF, SPINE = "host1", "leaf1", "spine"
 HOST_ADDRESS = "192.0.2.10"  # host1 as leaf1 sees it
 PREFIX = "10.11.0.0/24"  # host1's rack1 aggregate: the agent's own path in the copied agent.toml
-FRR_STALEPATH_DEFAULT = 360  # FRR's `bgp graceful-restart stalepath-time` when the config does not set it
 
 CASES: dict[str, str] = {
     "link-leaf": "host1's uplink set down at the leaf (leaf1's eth1 `ip link set down`)",
@@ -101,7 +100,9 @@ def convergence_topology(workdir: Path, knobs: Knobs = Knobs()) -> Topology:
     text = frr.read_text()
     anchor = " bgp router-id 10.255.255.11\n"
     assert anchor in text, f"{frr} changed: cannot find leaf1's router-id line"
-    frr.write_text(text.replace(anchor, anchor + "".join(f" {line}\n" for line in knobs.leaf_bgp)))
+    text = text.replace(anchor, anchor + "".join(f" {line}\n" for line in knobs.leaf_bgp))
+    # bgpd's log (stdout: the lab's leaf1/bgpd.log) says why a session went down, e.g. "Down Interface down"
+    frr.write_text(text.replace("\nrouter bgp ", "\nlog stdout informational\n!\nrouter bgp ", 1))
     topology = without_containers(load_topology(workdir / "fabric.clab.yml"), f"fconv-{uuid.uuid4().hex[:6]}")
     return topology
 
@@ -114,7 +115,6 @@ def settings(lab: EmbeddedLab) -> dict[str, Any]:
     leaf = lab.routers[LEAF]
     peer = json.loads(leaf.vtysh(f"show bgp neighbors {HOST_ADDRESS} json"))[HOST_ADDRESS]
     running = leaf.vtysh("show running-config")
-    stalepath = re.search(r"bgp graceful-restart stalepath-time (\d+)", running)
     gr = peer.get("gracefulRestartInfo", {})
     return {
         "gobgpd_hold_time": neighbor["timers"]["config"]["hold-time"],
@@ -126,7 +126,8 @@ def settings(lab: EmbeddedLab) -> dict[str, Any]:
         "leaf_gr_mode": gr.get("localGrMode"),
         "host_gr_mode": gr.get("remoteGrMode"),
         "leaf_received_restart_time": gr.get("timers", {}).get("receivedRestartTimer"),
-        "leaf_stalepath_time": int(stalepath.group(1)) if stalepath else FRR_STALEPATH_DEFAULT,
+        "leaf_stalepath_time": gr.get("ipv4Unicast", {}).get("timers", {}).get("stalePathTimer"),
+        "host_n_bit": gr.get("nBit"),  # RFC 8538: graceful restart after a NOTIFICATION (hold timer expiry)
         "leaf_fast_external_failover": "no bgp fast-external-failover" not in running,
     }
 
@@ -168,16 +169,19 @@ class Fabric:
         await self.spine.stop()
         await self.leaf.stop()
 
-    async def healthy(self, timeout: float) -> float:
-        """Wait until the spine's FIB has PREFIX and leaf1 holds host1's path fresh; returns when that was."""
+    async def healthy(self, timeout: float, dropped: int = -1) -> float:
+        """Wait until the spine's FIB has PREFIX and leaf1 holds host1's path fresh over a session that leaf1 has
+        seen drop more than ``dropped`` times (a new session after a fault); returns when that was."""
         deadline = time.monotonic() + timeout
         await self.spine.wait_for(PREFIX, True, timeout)
         while True:
+            session = await asyncio.to_thread(_session, self.lab)
             path = await asyncio.to_thread(_leaf_path, self.lab)
-            if path is not None and not path.get("stale") and PREFIX in self.leaf.routes:
+            if (session.get("bgpState") == "Established" and session.get("connectionsDropped", 0) > dropped
+                    and path is not None and not path.get("stale") and PREFIX in self.leaf.routes):
                 return time.monotonic()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"leaf1 never held host1's {PREFIX} fresh again (last: {path})")
+                raise TimeoutError(f"leaf1 never held host1's {PREFIX} fresh again (last: {path}, {session})")
             await asyncio.sleep(0.2)
 
     def _signal(self, what: str, sig: int) -> None:
@@ -207,6 +211,9 @@ class Fabric:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.3)
 
+        log = self.lab.routers[LEAF].workdir / "bgpd.log"
+        log_start = log.stat().st_size
+        dropped = (await asyncio.to_thread(_session, self.lab)).get("connectionsDropped", 0)
         watcher = asyncio.create_task(watch_leaf())
         t0 = time.monotonic()
         if case == "link-leaf":
@@ -226,7 +233,7 @@ class Fabric:
         outcome = Outcome(case, None, None, 0, 0, False, "")
         try:
             if case == "kill-return":
-                outcome.fresh_s = await self.healthy(timeout) - t0
+                outcome.fresh_s = await self.healthy(timeout, dropped) - t0
             else:
                 await self.spine.wait_for(PREFIX, False, timeout)
         finally:
@@ -250,4 +257,10 @@ class Fabric:
                 self._signal("agent", signal.SIGCONT)
         if case != "kill-return":
             outcome.recovered_s = await self.healthy(timeout) - restore
+        with log.open("rb") as f:
+            f.seek(log_start)
+            lines = [line for line in f.read().decode(errors="replace").splitlines() if HOST_ADDRESS in line]
+        outcome.extra["leaf_log"] = [line[:200] for line in lines[:20]]
+        down = next((m.group(1) for line in lines if (m := re.search(r"ADJCHANGE: .* Down (.+)$", line))), None)
+        outcome.leaf_reset_reason = down or outcome.leaf_reset_reason
         return outcome
