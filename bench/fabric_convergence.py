@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -26,17 +27,21 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ipvlan_bgp_lab.convergence import CASES, PREFIX, Fabric, Knobs, convergence_topology, settings  # noqa: E402
 from ipvlan_bgp_lab.embedded import EmbeddedLab  # noqa: E402
-
-from bench.provenance import code_state  # noqa: E402
+from provenance import code_state  # noqa: E402
 
 RESULTS = REPO / "docs" / "convergence"
 DOC = REPO / "docs" / "convergence.md"
 
 
 async def measure(knobs: Knobs, cases: list[str], runs: int, timeout: float, log: Any = print) -> dict[str, Any]:
+    this = asyncio.current_task()
+    assert this is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly (lab down) even where the shell ignores SIGINT
+        asyncio.get_running_loop().add_signal_handler(sig, this.cancel)
     with tempfile.TemporaryDirectory(prefix="fabric-convergence-") as workdir:
         lab = EmbeddedLab(convergence_topology(Path(workdir), knobs))
         lab.up(progress=lambda line: log(f"lab: {line}"))
@@ -164,7 +169,7 @@ def main() -> None:
     started = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     record = asyncio.run(measure(knobs, cases, args.runs, timeout, log=lambda m: print(m, flush=True)))
     record |= {"runs": args.runs, "started": started, "host": f"{platform.node()} {platform.release()}",
-               "code": code_state()}
+               "code": code_state(outputs=(str(DOC.relative_to(REPO)),))}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"convergence-{started}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")

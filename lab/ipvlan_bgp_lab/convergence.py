@@ -98,9 +98,9 @@ def convergence_topology(workdir: Path, knobs: Knobs = Knobs()) -> Topology:
     gobgpd.write_text(text)
     frr = workdir / "fabric" / LEAF / "frr.conf"
     text = frr.read_text()
-    anchor = " bgp router-id 10.255.255.11\n"
-    assert anchor in text, f"{frr} changed: cannot find leaf1's router-id line"
-    text = text.replace(anchor, anchor + "".join(f" {line}\n" for line in knobs.leaf_bgp))
+    anchor = " !\n address-family ipv4 unicast\n"  # after the neighbors: a knob may name one
+    assert anchor in text, f"{frr} changed: cannot find the end of leaf1's neighbors"
+    text = text.replace(anchor, "".join(f" {line}\n" for line in knobs.leaf_bgp) + anchor, 1)
     # bgpd's log (stdout: the lab's leaf1/bgpd.log) says why a session went down, e.g. "Down Interface down"
     frr.write_text(text.replace("\nrouter bgp ", "\nlog stdout informational\n!\nrouter bgp ", 1))
     topology = without_containers(load_topology(workdir / "fabric.clab.yml"), f"fconv-{uuid.uuid4().hex[:6]}")
@@ -161,6 +161,10 @@ class Fabric:
         self.leaf = FibWatch(NETNS_DIR / lab.state.node_ns(LEAF))
 
     async def start(self, timeout: float = 180.0) -> None:
+        log = self.lab.routers[LEAF].workdir / "bgpd.log"
+        rejected = [line for line in log.read_text(errors="replace").splitlines() if "Config Failed" in line]
+        if rejected:  # a knob FRR did not take would measure the shipped config under the knob's name
+            raise RuntimeError(f"leaf1's bgpd rejected its config: {rejected}")
         await self.spine.start()
         await self.leaf.start()
         await self.healthy(timeout)
