@@ -74,7 +74,7 @@ def fmt(value: float | None) -> str:
 
 def summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    for key in ("spine_gone_s", "leaf_gone_s", "fresh_s"):
+    for key in ("spine_gone_s", "leaf_gone_s", "fresh_s", "recovered_s"):
         values = [o[key] for o in outcomes if o[key] is not None]
         result[key] = {"median": statistics.median(values), "worst": max(values), "best": min(values),
                        "n": len(values)} if values else None
@@ -98,12 +98,13 @@ def spread(s: dict[str, Any] | None) -> str:
 def case_rows(record: dict[str, Any]) -> list[str]:
     rows = []
     for case, data in record["cases"].items():
-        s = data["summary"]
+        s = summary(data["runs"])  # from the runs: a file written before a field existed renders the same
         outcome = (f"spine {spread(s['spine_gone_s'])}, leaf1 {spread(s['leaf_gone_s'])}" if case != "kill-return"
                    else f"withdrawn: spine {s['spine_withdrawals']} times, leaf1 {s['leaf_withdrawals']} times "
                         f"(fresh again after {spread(s['fresh_s'])})")
+        back = spread(s.get("recovered_s")) if case != "kill-return" else "-"
         rows.append(f"| {case} | {data['description']} | {outcome} | {s['stale_at_leaf']}/{s['runs']} | "
-                    f"{', '.join(s['reset_reasons']) or '-'} |")
+                    f"{', '.join(s['reset_reasons']) or '-'} | {back} |")
     return rows
 
 
@@ -115,17 +116,20 @@ def render(results: list[tuple[Path, dict[str, Any]]]) -> str:
         lines += [
             f"### {record['knobs']} ({path.name})",
             "",
-            f"{record['runs']} runs per case, {record['host']}, commit {record['code']['commit'][:10]}"
+            f"{record['runs']} runs per case on {record['host']} (namespaces on the host's kernel, not the VM), "
+            f"commit {record['code']['commit'][:10]}"
             f"{' (dirty)' if record['code']['dirty'] else ''}. In force: gobgpd hold {st['gobgpd_hold_time']} s / "
             f"keepalive {st['gobgpd_keepalive']} s (negotiated with leaf1: {st['negotiated_hold_s']:g} / "
             f"{st['negotiated_keepalive_s']:g} s), graceful restart {'on' if st['gobgpd_graceful_restart'] else 'off'}"
             f" with restart-time {st['gobgpd_restart_time']} s (leaf1 received {st['leaf_received_restart_time']}, "
-            f"leaf1 GR mode {st['leaf_gr_mode']}), leaf1 stalepath-time {st['leaf_stalepath_time']} s, "
+            f"leaf1 GR mode {st['leaf_gr_mode']}, "
+            f"RFC 8538 N-bit from host1 {'set' if st.get('host_n_bit') else 'not set'}), "
+            f"leaf1 stalepath-time {st['leaf_stalepath_time']} s, "
             f"fast-external-failover {'on' if st['leaf_fast_external_failover'] else 'off'}.",
             "",
             "| case | failure | time until the FIB lost host1's route (median / worst) | leaf1 held it stale | "
-            "why leaf1's session went |",
-            "|---|---|---|---|---|",
+            "why leaf1's session went | spine has it again, after the repair (median / worst) |",
+            "|---|---|---|---|---|---|",
             *case_rows(record),
             "",
         ]

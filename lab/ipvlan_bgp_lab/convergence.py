@@ -71,7 +71,7 @@ class Outcome:
     spine_withdrawals: int  # FIB removals of PREFIX from t0 to the end of the case
     leaf_withdrawals: int
     stale_at_leaf: bool  # leaf1 held host1's path as stale (graceful-restart helper) at some point
-    leaf_reset_reason: str  # FRR's lastResetDueTo for host1 at leaf1, once the session went down
+    leaf_reset_reason: str  # why leaf1's session with host1 went down: its bgpd log, else lastResetDueTo
     fresh_s: float | None = None  # kill-return: until leaf1 holds the path fresh again (our End-of-RIB in)
     recovered_s: float | None = None  # after the restore began: until the spine's FIB has PREFIX again
     extra: dict[str, Any] = field(default_factory=dict)
