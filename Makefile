@@ -14,7 +14,7 @@ DOCKER_UNITS := docker.service docker.socket containerd.service
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
-.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench faults install clean
+.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench faults convergence install clean
 
 setup: deps venv stubs
 
@@ -100,6 +100,13 @@ bench: setup
 FAULTS_ARGS ?=
 faults: setup
 	$(PY) bench/faults.py $(FAULTS_ARGS)
+
+# Host-failure convergence in the fabric (issue #15): how long the spine and the leaf keep a dead host's routes
+# (uplink down, gobgpd killed, host frozen), on this kernel (no ipvlan needed), under the netns tier's lock.
+# Writes docs/convergence/convergence-*.json and regenerates docs/convergence.md. CONVERGENCE_ARGS="-n 5" etc.
+CONVERGENCE_ARGS ?=
+convergence: setup
+	flock /tmp/ibgp-netns.lock $(PY) -m bench.fabric_convergence $(CONVERGENCE_ARGS)
 
 # Install from source beside Debian's gobgpd: a virtualenv in $(PREFIX) with the wheel, /usr/local/bin/ipvlan-bgp,
 # the agent unit, the drop-in for Debian's gobgpd.service, the docs and example configs (kept if they exist).

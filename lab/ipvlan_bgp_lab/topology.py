@@ -6,6 +6,7 @@ plus ``/etc/ipvlan-bgp/agent.toml`` a host running gobgpd and the agent; anythin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,13 @@ def load_topology(path: Path) -> Topology:
     if not isinstance(data, dict):
         raise TopologyError(f"{path}: not a containerlab topology")
     return parse_topology(data, path)
+
+
+def without_containers(topology: Topology, name: str) -> Topology:
+    """The topology renamed, with every exec line that makes an ipvlan container left out: its routing runs on a
+    kernel without ipvlan (the netns tier, bench/fabric_convergence.py)."""
+    def keep(line: str) -> bool:
+        return not (line.startswith("ip netns add") or "type ipvlan" in line or line.startswith("ip -n ")
+                    or (line.startswith("ip link set ") and " netns " in line))
+    nodes = {n: dataclasses.replace(node, exec=tuple(filter(keep, node.exec))) for n, node in topology.nodes.items()}
+    return dataclasses.replace(topology, name=name, nodes=nodes)

@@ -7,7 +7,6 @@ must bring them back."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import time
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from ipvlan_bgp_lab.embedded import EmbeddedLab
 from ipvlan_bgp_lab.status import fib
-from ipvlan_bgp_lab.topology import Topology, load_topology
+from ipvlan_bgp_lab.topology import load_topology, without_containers
 
 from agent.drain import GRACEFUL_SHUTDOWN
 from agent.gobgp import GobgpClient
@@ -33,15 +32,6 @@ HOP = {"spine": "192.0.2.1", "leaf1": "192.0.2.2", "leaf2": "192.0.2.6",
        "host1": "192.0.2.10", "host2": "192.0.2.14", "host3": "192.0.2.18"}
 
 pytestmark = pytest.mark.skipif(not Path("/usr/lib/frr/bgpd").exists(), reason="FRR is not installed")
-
-
-def without_containers(topology: Topology, name: str) -> Topology:
-    """The topology with every exec line that makes an ipvlan container left out."""
-    def keep(line: str) -> bool:
-        return not (line.startswith("ip netns add") or "type ipvlan" in line or line.startswith("ip -n ")
-                    or (line.startswith("ip link set ") and " netns " in line))
-    nodes = {n: dataclasses.replace(node, exec=tuple(filter(keep, node.exec))) for n, node in topology.nodes.items()}
-    return dataclasses.replace(topology, name=name, nodes=nodes)
 
 
 @pytest.fixture
