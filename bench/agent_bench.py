@@ -827,13 +827,18 @@ def main() -> int:
         from ipvlan_bgp_lab.vm import run_in_guest
 
         outdir = Path(tempfile.mkdtemp(prefix="ibgp-bench-"))
-        argv = [sys.executable, str(Path(__file__).resolve()), "--here", "--out", str(outdir), *sys.argv[1:]]
+        # the guest writes into outdir (the one folder it may write); --out is where the results land here
+        forwarded = [a for a, before in zip(sys.argv[1:], ["", *sys.argv[1:]], strict=False)
+                     if a != "--out" and before != "--out" and not a.startswith("--out=")]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--here", "--out", str(outdir), *forwarded]
         print(f"this kernel has no ipvlan: running in the VM (output in {outdir})", flush=True)
         rc = run_in_guest(argv, outdir, timeout=5400)
         sys.stdout.write((outdir / "guest.log").read_text(errors="replace"))
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        results = args.out or RESULTS
+        results.mkdir(parents=True, exist_ok=True)
         for produced in outdir.glob("agent-*"):
-            (RESULTS / produced.name).write_bytes(produced.read_bytes())
+            (results / produced.name).write_bytes(produced.read_bytes())
+            print(f"copied to {results / produced.name}")
         return rc
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
