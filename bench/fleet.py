@@ -311,9 +311,11 @@ def processes(lab: EmbeddedLab, what: str) -> dict[str, dict[str, float]]:
 
 
 def spine_table(lab: EmbeddedLab) -> dict[str, int]:
+    """The spine's BGP table: prefixes and paths (from the table itself: the summary's ribCount also counts the
+    radix tree's inner nodes), and what FRR says the RIB's memory is."""
+    table = lab.routers["spine"].bgp_table()
     summary = lab.routers["spine"].bgp_summary().get("ipv4Unicast", {})
-    peers = summary.get("peers", {})
-    return {"prefixes": int(summary.get("ribCount", 0)), "paths": sum(int(p.get("pfxRcd", 0)) for p in peers.values()),
+    return {"prefixes": len(table), "paths": sum(len(paths) for paths in table.values()),
             "rib_memory_bytes": int(summary.get("ribMemory", 0))}
 
 
