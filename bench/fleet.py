@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -443,17 +444,18 @@ def render(results_dir: Path = RESULTS, doc: Path = DOC) -> str:
         for run in data["runs"]:
             run = {**run, "commit": data["commit"][:7], "dirty": data["dirty"], "file": path.name}
             runs[(run["hosts"], run["containers_per_host"], run["advertise"])] = run
-    ordered = [runs[key] for key in sorted(runs)]
+    ordered = [runs[key] for key in sorted(runs, key=lambda k: (k[0] * k[1], k[0], MODES.index(k[2])))]
     lines = [HEADER]
     lines += ["| hosts x containers | advertise | spine routes (N x M or N) | spine BGP prefixes / paths | "
               "containers up | spine FIB complete | after last container | agent CPU-s during start (max) | "
-              "agent CPU-s total (max) | agent VmHWM MiB (max) | leaf1 restart: spine FIB complete | commit |",
+              "agent CPU-s total (max) | agent VmHWM MiB (max) | "
+              "leaf1 restarted: spine lost its routes / FIB whole again | commit |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in ordered:
         agents = run["agents"].values()
         leaf = run.get("leaf_restart")
-        leaf_text = (f"{leaf['spine_fib_complete_s']:.1f} s ({leaf['leaf1_routes']} routes; lost after "
-                     f"{leaf['spine_lost_leaf1_s']:.1f} s)" if leaf else "not run")
+        leaf_text = (f"{leaf['leaf1_routes']} routes: {leaf['spine_lost_leaf1_s']:.1f} s / "
+                     f"{leaf['spine_fib_complete_s']:.1f} s" if leaf else "not run")
         lines.append(
             f"| {run['hosts']} x {run['containers_per_host']} | {run['advertise']} | {run['spine_fib_routes']} "
             f"(expected {run['expected_spine_routes']}) | "
@@ -463,6 +465,18 @@ def render(results_dir: Path = RESULTS, doc: Path = DOC) -> str:
             f"{max(a['cpu_during_start_s'] for a in agents):.1f} | {max(a['cpu_s'] for a in agents):.1f} | "
             f"{max(a['hwm_mib'] for a in agents):.0f} | {leaf_text} | "
             f"`{run['commit']}`{' (dirty tree)' if run['dirty'] else ''} |")
+    lines += ["", "What aggregation saves at the spine (same size, one aggregate per host instead of its /32s):", ""]
+    for (hosts, containers, mode), run in sorted(runs.items()):
+        other = runs.get((hosts, containers, "host"))
+        if mode != "aggregate" or other is None:
+            continue
+        saved = (f"- {hosts} x {containers}: {run['spine_fib_routes']} routes instead of {other['spine_fib_routes']}; "
+                 f"spine FIB complete {run['spine_fib_after_last_container_s']:.1f} s after the last container "
+                 f"instead of {other['spine_fib_after_last_container_s']:.1f} s")
+        if run.get("leaf_restart") and other.get("leaf_restart"):
+            saved += (f"; after leaf1's restart whole again in {run['leaf_restart']['spine_fib_complete_s']:.1f} s "
+                      f"instead of {other['leaf_restart']['spine_fib_complete_s']:.1f} s")
+        lines.append(saved + ".")
     lines += ["", "Per agent at the largest size of each mode (CPU-seconds since its start / during the start of",
               "the containers, VmRSS and VmHWM in MiB), and the spine's daemons:", ""]
     for mode in MODES:
@@ -476,6 +490,11 @@ def render(results_dir: Path = RESULTS, doc: Path = DOC) -> str:
             f"MiB, zebra {run['spine_daemons']['zebra']['hwm_mib']:.0f} MiB, BGP RIB memory "
             f"{run['spine_bgp']['rib_memory_bytes'] / 1024:.0f} KiB.")
         lines.append("")
+    for path in sorted(results_dir.glob("fleet-*.json")):
+        for failed in json.loads(path.read_text()).get("failed", []):
+            lines.append(f"Failed in {path.name}: {failed['hosts']} x {failed['containers_per_host']}, "
+                         f"{failed['advertise']}: {failed['error']}")
+            lines.append("")
     lines.append(FOOTER)
     text = "\n".join(lines)
     doc.write_text(text)
@@ -533,7 +552,12 @@ async def run_all(sizes: list[tuple[int, int]], modes: list[str], leaf_restart: 
                               "kernel": platform.release(), "cpus": os.cpu_count(), **code_state(), "runs": []}
     for hosts, containers in sizes:
         for mode in modes:
-            result["runs"].append(await run_fleet(Fleet(hosts, containers, mode), leaf_restart))
+            try:
+                result["runs"].append(await run_fleet(Fleet(hosts, containers, mode), leaf_restart))
+            except Exception as exc:  # the other sizes still run; the failure is in the JSON, not in the tables
+                traceback.print_exc()
+                result.setdefault("failed", []).append({"hosts": hosts, "containers_per_host": containers,
+                                                        "advertise": mode, "error": f"{type(exc).__name__}: {exc}"})
             path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -571,9 +595,9 @@ def main() -> int:
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"fleet-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    asyncio.run(run_all(sizes, args.modes, not args.no_leaf_restart, path))
+    result = asyncio.run(run_all(sizes, args.modes, not args.no_leaf_restart, path))
     print(f"results: {path}")
-    return 0
+    return 1 if result.get("failed") else 0
 
 
 if __name__ == "__main__":
