@@ -34,6 +34,9 @@ def test_generated_topology_loads_with_one_config_per_host(tmp_path: Path) -> No
     assert gobgpd["global"]["config"]["as"] == 65203
     (neighbor,) = gobgpd["neighbors"]
     assert neighbor["config"]["peer-as"] == 65101  # h3 hangs off leaf1, as h1 does
+    (neighbor,) = tomllib.loads((tmp_path / "h2" / "gobgpd.toml").read_text())["neighbors"]
+    assert neighbor["config"]["peer-as"] == 65102  # h2 off leaf2
+    assert neighbor["config"]["admin-down"] is True  # the template's: the agent enables the leaf after its push
     (prefix_set,) = gobgpd["defined-sets"]["prefix-sets"]
     assert prefix_set["prefix-list"] == [{"ip-prefix": str(plan.network(3)), "masklength-range": "29..32"}]
     agent = load_config(tmp_path / "h3" / "agent.toml")
