@@ -525,6 +525,18 @@ count as the spine (the other leaf's routes arrive through the spine). Each agen
 M (or 1) prefixes, so an agent's cost grows with M, never with N.
 
 ## Measured
+
+How to read the columns: *containers up* is the bench's own work of starting them (namespaces made in-process,
+one `ip -batch` of slaves per host, then address and link up over netlink per container), which shares the 2
+emulated CPUs with N agents, N gobgpd and three FRR routers; *after last container* is what the fabric adds
+after the last container is up (agent, gobgpd, leaf, spine, the spine's zebra). With `advertise = "aggregate"`
+(`aggregate_when = "used"`, the default) a host's aggregate goes out with its first ready container, so its FIB is
+complete long before the last container. *leaf1 restarted*: zebra and bgpd of leaf1 are killed (SIGKILL) and
+started again; the spine drops leaf1's routes when the session closes, and takes them back once leaf1 has its
+hosts' routes again. On the host kernel without containers, leaf1 was back with the spine after ~1 s but with its
+hosts only after ~12 s: only gobgpd connects (it does not listen, `port = -1`), and after losing the leaf its
+session (graceful restart on, connect-retry 1 s) took ~12 s to come back (gobgpd's log: peer down, peer up 12 s
+later; why, not measured further), so at small sizes that wait is most of the figure.
 """
 
 FOOTER = """## When to use host routes and when aggregates
