@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import fleet
+from ipvlan_bgp_lab.fibwatch import FibWatch, RouteEvent
 from ipvlan_bgp_lab.topology import load_topology
 
 from agent.config import load_config
@@ -49,3 +50,17 @@ def test_a_template_it_cannot_follow_is_an_error() -> None:
     with pytest.raises(ValueError, match="exactly once"):
         fleet.host_gobgpd_conf("[global.config]\n  as = 65000\n", 65201, "1", "2", 65101, fleet.Fleet(1, 1, "host")
                                .network(1))
+
+
+def test_completion_is_when_the_last_prefix_appeared_not_when_someone_looked() -> None:
+    watch = FibWatch(Path("/nonexistent"))
+    watch.events += [RouteEvent(1.0, True, "10.0.0.0/24", ("a",)), RouteEvent(2.0, True, "10.0.1.0/24", ("b",)),
+                     RouteEvent(3.0, True, "10.0.1.0/24", ("c",)),  # a replace: still there since 2.0
+                     RouteEvent(4.0, False, "10.0.0.0/24", ()), RouteEvent(5.0, True, "10.0.0.0/24", ("a",)),
+                     RouteEvent(5.5, True, "10.0.2.0/24", ("a",)), RouteEvent(6.0, False, "10.0.2.0/24", ())]
+    assert fleet.became(watch, {"10.0.1.0/24"}, True, 0.0) == 2.0
+    assert fleet.became(watch, {"10.0.0.0/24", "10.0.1.0/24"}, True, 0.0) == 5.0  # gone at 4.0, back at 5.0
+    assert fleet.became(watch, {"10.0.0.0/24"}, True, 4.5) == 5.0
+    assert fleet.became(watch, {"10.0.2.0/24"}, False, 0.0) == 6.0
+    with pytest.raises(RuntimeError, match="never appeared"):
+        fleet.became(watch, {"10.9.9.0/24"}, True, 0.0)
