@@ -560,7 +560,8 @@ complete long before the last container: its figure is when every host's first c
 bench sets only after it has made every namespace and slave (at 8 x 250 most of the ~109 s). Aggregation saves the
 fabric, not the agent: an agent's CPU goes to discovering namespaces and endpoints, and was no lower with
 aggregates (which is also why *containers up* grows faster than N x M: at 8 x 250 the agents took 8 x ~33 of the
-2 x 231 CPU-seconds). *leaf1 restarted*: zebra and bgpd of leaf1 are killed (SIGKILL) and started again; the spine drops leaf1's routes when the session closes, and takes them back once leaf1 has its
+2 x 231 CPU-seconds). *leaf1 restarted*: zebra and bgpd of leaf1 are killed (SIGKILL) and started again; the
+spine drops leaf1's routes when the session closes, and takes them back once leaf1 has its
 hosts' routes again. On the host kernel without containers, leaf1 was back with the spine after ~1 s but with its
 hosts only after ~12 s: only gobgpd connects (it does not listen, `port = -1`), and after losing the leaf its
 session (graceful restart on, connect-retry 1 s) took ~12 s to come back (gobgpd's log: peer down, peer up 12 s
