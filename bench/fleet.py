@@ -533,7 +533,7 @@ HEADER = """# Fleet scale: how the spine's route count grows with hosts and cont
 `make fleet` (bench/fleet.py, in the VM: QEMU TCG, 2 vCPUs, absolute times are inflated many times over real
 hardware, compare within a table) builds the fabric of `containerlab/fabric.clab.yml` for N hosts: one FRR spine,
 two FRR leaves, hosts alternating between the leaves, each host a gobgpd (host1's config from
-`containerlab/fabric/` for its AS, leaf and network) and an agent; hosts share nothing but the kernel. Once every
+`containerlab/fabric/` for its AS, leaf and network) and an agent, each in its own network namespace. Once every
 session is up, all N x M containers start at once (a namespace each, one `ip -batch` of ipvlan L3 slaves per host,
 then address and link up). Timed from the first container to the moment the spine's kernel FIB holds every
 expected route; then leaf1's FRR (zebra and bgpd) is killed and started again and timed from the kill until the
@@ -557,7 +557,7 @@ emulated CPUs with N agents, N gobgpd and three FRR routers; *after last contain
 after the last container is up (agent, gobgpd, leaf, spine, the spine's zebra). With `advertise = "aggregate"`
 (`aggregate_when = "used"`, the default) a host's aggregate goes out with its first ready container, so its FIB is
 complete long before the last container: its figure is when every host's first container had its address, which the
-bench sets only after it has made every namespace and slave (at 8 x 250 most of the ~109 s). Aggregation saves the
+bench sets only after it has made all N x M namespaces and slaves (not timed apart). Aggregation saves the
 fabric, not the agent: an agent's CPU goes to discovering namespaces and endpoints, and was no lower with
 aggregates (which is also why *containers up* grows faster than N x M: at 8 x 250 the agents took 8 x ~33 of the
 2 x 231 CPU-seconds). *leaf1 restarted*: zebra and bgpd of leaf1 are killed (SIGKILL) and started again; the
