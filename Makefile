@@ -14,7 +14,7 @@ DOCKER_UNITS := docker.service docker.socket containerd.service
 
 PREFIX ?= /opt/ipvlan-bgp-agent
 
-.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench faults convergence install clean
+.PHONY: setup deps venv stubs completions wheel deb test test-fast lint demo bench faults convergence fleet install clean
 
 setup: deps venv stubs
 
@@ -107,6 +107,13 @@ faults: setup
 CONVERGENCE_ARGS ?=
 convergence: setup
 	flock /tmp/ibgp-netns.lock $(PY) -m bench.fabric_convergence $(CONVERGENCE_ARGS)
+
+# Fleet scale in the fabric (issue #15): N hosts x M containers started at once under a spine and two leaves, host
+# routes vs one aggregate per host, a leaf restart (in the VM, 6G of memory unless IBGP_VM_MEMORY says otherwise).
+# Writes docs/fleet/fleet-*.json and regenerates docs/fleet.md. FLEET_ARGS="--size 2x50 --size 8x250" picks sizes.
+FLEET_ARGS ?=
+fleet: setup
+	$(PY) bench/fleet.py $(FLEET_ARGS)
 
 # Install from source beside Debian's gobgpd: a virtualenv in $(PREFIX) with the wheel, /usr/local/bin/ipvlan-bgp,
 # the agent unit, the drop-in for Debian's gobgpd.service, the docs and example configs (kept if they exist).
