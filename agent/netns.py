@@ -28,33 +28,37 @@ def _setns(fd: int, what: str) -> None:
 
 
 def open_netlink_in(path: str | None, rcvbuf: int) -> socket.socket:
-    """A NETLINK_ROUTE socket living in the namespace at ``path`` (None: the caller's namespace).
-
-    Runs on a dedicated thread: setns(2) switches only the calling thread, which then switches back.
-    """
-    if path is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-    else:
-        try:  # never blocks (a FIFO), never follows a symlink; setns only into what is nsfs on this very fd
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise NamespaceGone(f"{path}: {exc.strerror}") from None
-        if not is_nsfs(target):
-            os.close(target)
-            raise NamespaceGone(f"{path}: not a namespace file")
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target, path)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-            finally:
-                _setns(home, "back to the agent's namespace")
-        finally:
-            os.close(target)
-            os.close(home)
+    """A NETLINK_ROUTE socket living in the namespace at ``path`` (None: the caller's namespace)."""
+    sock = socket_in(path, socket.AF_NETLINK, socket.SOCK_DGRAM)
     with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; SO_RCVBUF (capped by rmem_max) is the fallback
         sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
     return sock
+
+
+def socket_in(path: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket living in the namespace at ``path`` (None: the caller's namespace).
+
+    setns(2) switches only the calling thread, and it switches back before this returns.
+    """
+    if path is None:
+        return socket.socket(family, kind, proto)
+    try:  # never blocks (a FIFO), never follows a symlink; setns only into what is nsfs on this very fd
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise NamespaceGone(f"{path}: {exc.strerror}") from None
+    if not is_nsfs(target):
+        os.close(target)
+        raise NamespaceGone(f"{path}: not a namespace file")
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target, path)
+        try:
+            return socket.socket(family, kind, proto)
+        finally:
+            _setns(home, "back to the agent's namespace")
+    finally:
+        os.close(target)
+        os.close(home)
 
 
 def namespace_identity(path: str) -> tuple[int, int] | None:

@@ -13,12 +13,13 @@ import platform
 import sys
 import tempfile
 import time
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 
 from . import repo_root
-from .embedded import EmbeddedLab
-from .status import containers, fib, host_paths, host_prefix, neighbor_of, ping
+from .embedded import NETNS_DIR, EmbeddedLab
+from .flows import FlowStream
+from .status import Container, containers, fib, host_paths, host_prefix, neighbor_of, ping
 from .topology import load_topology
 
 
@@ -50,31 +51,54 @@ def wait_for_routes(lab: EmbeddedLab, router: str, prefixes: set[str], timeout: 
 
 
 def show(lab: EmbeddedLab, timeout: float = 180.0) -> bool:
-    router = lab.topology.by_role("router")[0].name
+    routers = [n.name for n in lab.topology.by_role("router")]
+    router = routers[0]  # the ToR, or the fabric's spine
     wanted = containers(lab)
-    names = neighbor_of(lab, router)
     print(f"\nwaiting for {router}'s FIB to have a route to each of {len(wanted)} container addresses ...",
           flush=True)
     took = wait_for_routes(lab, router, {host_prefix(c.address) for c in wanted}, timeout)
     print(f"  all there {took:.1f} s after the agents started\n")
 
-    print(f"{router}: BGP routes in its kernel FIB (ip -4/-6 route show proto bgp)")
-    for prefix, hops in sorted(fib(lab, router).items(), key=lambda item: _network_order(item[0])):
-        via = ", ".join(f"{hop} ({names.get(hop, '?')})" for hop in hops)
-        print(f"  {prefix:<22} via {via}")
+    for each in routers:
+        names = neighbor_of(lab, each)
+        print(f"{each}: BGP routes in its kernel FIB (ip -4/-6 route show proto bgp)")
+        for prefix, hops in sorted(fib(lab, each).items(), key=lambda item: _network_order(item[0])):
+            via = ", ".join(f"{hop} ({names.get(hop, '?')})" for hop in hops)
+            print(f"  {prefix:<22} via {via}")
+        print()
     for host in lab.topology.by_role("host"):
-        print(f"\n{host.name}: paths in its gobgpd (gobgp global rib -a ipv4 / ipv6)")
-        print("  " + "  ".join(host_paths(lab, host.name)))
+        print(f"{host.name}: paths in its gobgpd (gobgp global rib -a ipv4 / ipv6)")
+        print("  " + "  ".join(host_paths(lab, host.name)) + "\n")
+    holders: dict[str, list[Container]] = {}
+    for container in wanted:
+        holders.setdefault(container.address, []).append(container)
     ok = True
     for source in (n.name for n in lab.topology.by_role("plain")):
-        print(f"\nping from {source}:")
-        for container in wanted:
-            result = ping(lab, source, container.address)
+        print(f"ping from {source}:")
+        for address, held in holders.items():
+            result = ping(lab, source, address)
             ok &= result.ok
             rtt = f"{result.rtt_ms:.2f} ms" if result.rtt_ms is not None else "no reply"
-            print(f"  {container.address:<18} ({container.netns} on {container.host}): "
-                  f"{'ok' if result.ok else 'FAILED'} {rtt}")
+            where = ", ".join(f"{c.netns} on {c.host}" for c in held) + (": anycast" if len(held) > 1 else "")
+            print(f"  {address:<18} ({where}): {'ok' if result.ok else 'FAILED'} {rtt}")
+        for address, held in holders.items():
+            if len(held) > 1 and ip_address(address).version == 4:
+                ok &= show_spread(lab, source, address, held)
     return ok
+
+
+def show_spread(lab: EmbeddedLab, source: str, address: str, held: list[Container], flows: int = 64) -> bool:
+    """Where the routers' ECMP sends flows from ``source`` to an anycast address: UDP from ``flows`` source ports,
+    counted in each container holding it."""
+    stream = FlowStream(NETNS_DIR / lab.state.node_ns(source), address, 7900,
+                        {f"{c.netns} on {c.host}": NETNS_DIR / c.netns for c in held}, flows=flows).start()
+    time.sleep(3 * flows / stream.rate)  # three datagrams per flow
+    stream.stop()
+    shares = ", ".join(f"{len(stream.flows_of(name))} to {name}" for name in stream.receivers)
+    lost = len(stream.lost())
+    print(f"  {address:<18} {flows} UDP flows (source ports): {shares}; {lost} of {len(stream.sent)} datagrams "
+          "lost")
+    return lost == 0
 
 
 def run_here(topology_path: Path) -> int:

@@ -3,7 +3,8 @@ embedded lab without its ipvlan containers, so the spine, the leaves, each host'
 shipped configs. An anycast /32 put into the gobgpd of three hosts (as their agents would) must reach the
 spine and leaf1 as ECMP; GRACEFUL_SHUTDOWN on one host's path must take that host out of leaf1's next hops, on
 both of leaf1's hosts also take leaf1 out of the spine's (and leaf1 sends it up to the spine), and its removal
-must bring them back."""
+must bring them back. With the anycast address on those hosts' loopback, UDP flows from the client over many
+source ports must spread over all three (the ECMP hash settings of the topology file)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from ipvlan_bgp_lab.embedded import EmbeddedLab
+from ipvlan_bgp_lab.embedded import NETNS_DIR, EmbeddedLab, in_netns
+from ipvlan_bgp_lab.flows import FlowStream
 from ipvlan_bgp_lab.status import fib
 from ipvlan_bgp_lab.topology import load_topology, without_containers
 
@@ -95,3 +97,26 @@ async def test_anycast_ecmp_through_the_fabric_and_graceful_shutdown(lab: Embedd
         await gobgpds[host].add_paths([route(False)])  # undrain
     await eventually(lambda: hops(lab, "spine") == {HOP["leaf1"], HOP["leaf2"]}, what="the spine's ECMP again")
     await eventually(lambda: hops(lab, "leaf1") == {HOP["host1"], HOP["host2"]}, what="leaf1's ECMP again")
+
+
+async def test_flows_from_the_client_spread_over_the_anycast_hosts(lab: EmbeddedLab,
+                                                                  gobgpds: dict[str, GobgpClient]) -> None:
+    """The spine hashes on ports, the leaves on other fields than the spine: with one kernel's hash key for all
+    of them, the same fields would send every flow the spine gives leaf1 to one of its hosts."""
+    address = str(ANYCAST.network_address)
+    for host, client in gobgpds.items():
+        in_netns(lab.state.node_ns(host), f"ip addr add {address}/32 dev lo")
+        await client.add_paths([route(False)])
+    await eventually(lambda: hops(lab, "spine") == {HOP["leaf1"], HOP["leaf2"]}, timeout=120, what="the spine's ECMP")
+    await eventually(lambda: hops(lab, "leaf1") == {HOP["host1"], HOP["host2"]}, what="leaf1's ECMP")
+    flows = FlowStream(NETNS_DIR / lab.state.node_ns("client"), address, 7900,
+                       {host: NETNS_DIR / lab.state.node_ns(host) for host in gobgpds}, flows=128, rate=250.0).start()
+    try:
+        await eventually(lambda: len(flows.sent) >= 3 * 128, what="three datagrams of each flow")
+    finally:
+        flows.stop()
+    shares = {host: len(flows.flows_of(host)) for host in gobgpds}
+    print(f"128 flows from the client: {shares}")
+    assert flows.lost() == []
+    for host, share in shares.items():  # expected 1/4, 1/4, 1/2
+        assert share >= 128 // 10, f"{host} served {share} of 128 flows: {shares}"
