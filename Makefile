@@ -129,7 +129,7 @@ install: wheel
 	install -D -m 0644 config/gobgpd.service.d/ipvlan-bgp.conf /etc/systemd/system/gobgpd.service.d/ipvlan-bgp.conf
 	install -d $(DOCDIR)/examples
 	install -m 0644 README.md docs/install.md docs/operations.md docs/troubleshooting.md docs/metrics.md docs/cli.md \
-	  docs/ipv6.md docs/docker.md $(DOCDIR)/
+	  docs/ipv6.md docs/docker.md docs/fabric.md docs/convergence.md $(DOCDIR)/
 	install -m 0644 config/gobgpd.toml config/examples/gobgpd-dual-tor.toml contrib/prometheus/alerts.yml \
 	  contrib/grafana/ipvlan-bgp.json $(DOCDIR)/examples/
 	install -D -m 0644 contrib/completion/bash/ipvlan-bgp /usr/share/bash-completion/completions/ipvlan-bgp
