@@ -170,7 +170,7 @@ class Reconciler:
             touched = index.update(by_namespace)
             # With Docker's labels or refusals in play the routes are the index's, amended: planned whole.
             docker = bool(self.extras or self.docker_refused)
-            fits = index.within_caps or index.within_cap
+            fits = index.within_caps or index.global_cap_not_binding
             by_changes = self._exact and fits and not self.withdrawn and not docker
             desired = with_docker(index.view(), self.extras, self.docker_refused) if docker else index.view()
             if self.frozen:  # Docker has not answered yet: hold what gobgpd has
@@ -178,7 +178,7 @@ class Reconciler:
             elif by_changes and index.within_caps and not self._over_quota:
                 p = plan_changes(index.routes, self.actual, touched)
                 self.stats.planned_by_changes += 1
-            elif by_changes and index.within_cap:
+            elif by_changes and index.global_cap_not_binding:
                 held = self.advertised.union(self.actual)
                 p, self._over_quota = plan_quota_changes(index, self.actual, touched, held, self._over_quota)
                 self.stats.planned_by_changes += 1

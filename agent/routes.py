@@ -276,7 +276,7 @@ class DesiredIndex:
         return len(self.routes) <= self.config.max_prefixes and not self.namespaces_over_quota
 
     @property
-    def within_cap(self) -> bool:
+    def global_cap_not_binding(self) -> bool:
         """The global cap does not bind, whatever the per-namespace quota does: ``allocate`` then gives every
         namespace its host routes cut at its quota (``plan_quota_changes`` may be used)."""
         aggregates = len(self.routes) - len(self.owners)
@@ -436,7 +436,7 @@ def _quota_cut(index: DesiredIndex, owned: Collection[IPNetwork], held: Collecti
 def plan_quota_changes(index: DesiredIndex, actual: Mapping[IPNetwork, Route], touched: Iterable[IPNetwork],
                        held: Collection[IPNetwork], refused_before: Mapping[str, frozenset[IPNetwork]]
                        ) -> tuple[Plan, dict[str, frozenset[IPNetwork]]]:
-    """``plan`` restricted to what changed, for when the global cap does not bind (``index.within_cap``) and
+    """``plan`` restricted to what changed, for when the global cap does not bind (``index.global_cap_not_binding``) and
     gobgpd held exactly the allocation before the change (``held``), while namespaces may be over their quota.
 
     ``refused_before``: the host routes each namespace had refused by its quota. A namespace within its quota
